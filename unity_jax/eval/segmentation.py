@@ -197,7 +197,8 @@ def _greedy_matches(iou: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     for p in range(num_pred):
       candidates = np.where(gt_taken | (iou[:, p] < threshold), -1.0, iou[:, p])
       if num_gt and candidates.max() >= 0:
-        best = int(np.argmax(candidates))  # First of equal IoUs, as pycocotools.
+        # The last of equal best IoUs, as pycocotools (it replaces its pick on ties).
+        best = num_gt - 1 - int(np.argmax(candidates[::-1]))
         gt_taken[best] = True
         true_positive[p, t] = True
   return true_positive
