@@ -82,6 +82,36 @@ def test_depth_perfect_and_affine_invariant():
   assert perfect["abs_rel"] < base["abs_rel"] and base["delta1"] <= perfect["delta1"]
 
 
+def _depthcrafter_reference(pred_disparity, gt_depth, max_depth):
+  """DepthCrafter's benchmark/eval protocol written out plainly (lstsq, clips, frame means)."""
+  valid = (gt_depth > 1e-3) & (gt_depth < max_depth)
+  pred = np.clip(pred_disparity, 1e-3, None).astype(np.float64)
+  design = np.stack([pred[valid], np.ones(valid.sum())], axis=-1)
+  (scale, shift), *_ = np.linalg.lstsq(design, 1.0 / (gt_depth[valid] + 1e-8), rcond=None)
+  depth = np.clip(1.0 / np.clip(scale * pred + shift, 1e-3, None), 1e-3, max_depth)
+  rel, delta1 = [], []
+  for t in range(len(gt_depth)):
+    if valid[t].any():
+      d, g = depth[t][valid[t]], gt_depth[t][valid[t]]
+      rel.append(np.mean(np.abs(d - g) / g))
+      delta1.append(np.mean(np.maximum(d / g, g / d) < 1.25))
+  return {"abs_rel": np.mean(rel), "delta1": np.mean(delta1)}
+
+
+def test_depth_matches_depthcrafter_reference():
+  rng = np.random.default_rng(5)
+  gt = rng.uniform(0.5, 30.0, size=(4, 6, 7))
+  gt[0, :2] = 0.0  # Missing depth.
+  gt[2] = 40.0  # A frame beyond max_depth: no valid pixels, skipped.
+  # Positive predictions, so DepthCrafter's pre-fit clip to >= 1e-3 is a no-op here.
+  pred = 1.0 / np.maximum(gt, 0.5) * rng.uniform(0.7, 1.3, size=gt.shape) + 0.05
+  ours = metrics.depth_metrics(pred, gt, max_depth=20.0)
+  reference = _depthcrafter_reference(pred, gt, 20.0)
+  assert ours["abs_rel"] == pytest.approx(reference["abs_rel"], rel=1e-9)
+  assert ours["delta1"] == pytest.approx(reference["delta1"], rel=1e-12)
+  assert 0.05 < ours["abs_rel"] < 0.5 and 0.2 < ours["delta1"] < 1.0  # A non-trivial case.
+
+
 def test_depth_errors_are_clear():
   gt = np.ones((2, 4, 4), np.float32)
   with pytest.raises(ValueError, match=r"pred_disparity has shape \(2, 4, 5\).*\(2, 4, 4\)"):
@@ -202,11 +232,10 @@ def _frames(*levels):
 def test_temporal_flickering_by_hand():
   assert metrics.temporal_flickering(_frames(0, 51)) == {"temporal_flickering": 0.8}
   # Pair means 51 and 0 -> 25.5 -> (255 - 25.5) / 255 = 0.9.
-  assert metrics.temporal_flickering(_frames(0, 51, 51))["temporal_flickering"] == pytest.approx(0.9)
-  # uint8 differences must not wrap: |10 - 200| = 190.
-  assert metrics.temporal_flickering(_frames(200, 10))["temporal_flickering"] == pytest.approx(
-      65 / 255)
-  assert metrics.temporal_flickering(_frames(7, 7, 7))["temporal_flickering"] == 1.0
+  score = lambda video: metrics.temporal_flickering(video)["temporal_flickering"]  # noqa: E731
+  assert score(_frames(0, 51, 51)) == pytest.approx(0.9)
+  assert score(_frames(200, 10)) == pytest.approx(65 / 255)  # uint8 must not wrap: |10 - 200|.
+  assert score(_frames(7, 7, 7)) == 1.0
 
 
 def test_temporal_flickering_errors_are_clear():

@@ -65,7 +65,8 @@ def test_hungarian_agrees_with_scipy_when_installed():
     weights = rng.random(tuple(rng.integers(1, 12, size=2)))
     rows, cols = optimize.linear_sum_assignment(weights, maximize=True)
     pairs = segmentation.max_weight_matching(weights)
-    assert sum(weights[r, c] for r, c in pairs) == pytest.approx(weights[rows, cols].sum(), abs=1e-12)
+    total = sum(weights[r, c] for r, c in pairs)
+    assert total == pytest.approx(weights[rows, cols].sum(), abs=1e-12)
 
 
 # -------------------------------------------------------------------------------------- mIoU
@@ -159,8 +160,9 @@ def test_mask_map_pools_detections_across_videos():
 
 def test_mask_map_agrees_with_pycocotools_when_installed():
   """A video is scored as one image of its frames stacked vertically (same video IoU)."""
-  pytest.importorskip("pycocotools")
-  from pycocotools import coco, cocoeval, mask as mask_utils  # pylint: disable=import-outside-toplevel
+  coco = pytest.importorskip("pycocotools.coco")
+  cocoeval = pytest.importorskip("pycocotools.cocoeval")
+  mask_utils = pytest.importorskip("pycocotools.mask")
   rng = np.random.default_rng(4)
   preds, gts, scores = [], [], []
   for _ in range(4):

@@ -209,8 +209,8 @@ def keypoint_pck(pred_keypoints: np.ndarray, gt_keypoints: np.ndarray,
   # Box of the visible joints per (frame, person); invisible joints must not widen it.
   low = np.where(gt_visible[..., None], gt_xy, np.inf).min(axis=2)
   high = np.where(gt_visible[..., None], gt_xy, -np.inf).max(axis=2)
-  with np.errstate(invalid="ignore"):
-    size = np.nan_to_num(high - low, nan=0.0, posinf=0.0, neginf=0.0).max(axis=-1)  # [T, P]
+  # A person without visible joints has low = inf, high = -inf: size -inf, treated as 0.
+  size = np.maximum(high - low, 0.0).max(axis=-1)  # [T, P]
   counted = gt_visible & (size > 0)[..., None]
   validation.require_any(
       "keypoints", counted,

@@ -25,7 +25,8 @@ def check_layout(name: str, array: np.ndarray, layout: str, last_dims: tuple = (
 def check_same_shape(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
   """Raises a ValueError naming both arguments and shapes when the shapes differ."""
   if a.shape != b.shape:
-    raise ValueError(f"shape mismatch: {name_a} has shape {a.shape} but {name_b} has shape {b.shape}")
+    raise ValueError(
+        f"shape mismatch: {name_a} has shape {a.shape} but {name_b} has shape {b.shape}")
 
 
 def check_finite(name: str, array: np.ndarray) -> None:
