@@ -101,6 +101,8 @@ def test_segmentation_errors_are_clear():
     segmentation.mean_iou(np.ones((2, 3, 4), np.int32), gt)
   with pytest.raises(ValueError, match="pred_ids must hold integer instance ids, got dtype float"):
     segmentation.mean_iou(gt.astype(np.float32), gt)
+  with pytest.raises(ValueError, match="gt_ids holds negative id -1"):
+    segmentation.mean_iou(gt, -gt)
   with pytest.raises(ValueError, match="no valid gt instances"):
     segmentation.mean_iou(gt, np.zeros_like(gt))
   with pytest.raises(ValueError, match="no valid gt instances"):

@@ -67,6 +67,7 @@ def align_disparity_to_depth(pred_disparity: np.ndarray, gt_depth: np.ndarray,
     (aligned_depth float64 [T, H, W] in [MIN_DEPTH, max_depth], scale, shift) where
     aligned_depth = clip(1 / max(scale * pred + shift, MIN_DEPTH), MIN_DEPTH, max_depth).
   """
+  pred_disparity, gt_depth = np.asarray(pred_disparity), np.asarray(gt_depth)
   valid = _check_depth_inputs(pred_disparity, gt_depth, max_depth)
   scale, shift = fit_disparity_scale_shift(pred_disparity, gt_depth, valid)
   aligned_disparity = np.maximum(scale * pred_disparity.astype(np.float64) + shift, MIN_DEPTH)
@@ -86,8 +87,8 @@ def depth_metrics(pred_disparity: np.ndarray, gt_depth: np.ndarray, max_depth: f
   not, because affine-invariant predictions (e.g. values decoded to [-1, 1]) may be negative.
 
   Args:
-    pred_disparity: float [T, H, W] affine-invariant disparity (inverse depth), or metric-free
-      depth when pred_kind == "depth" (then inverted to disparity first).
+    pred_disparity: float [T, H, W] affine-invariant disparity (inverse depth), or a depth map
+      of any scale when pred_kind == "depth" (then inverted to disparity first).
     gt_depth: float [T, H, W] metres.
     max_depth: float metres; ground truth at or beyond it is ignored.
     pred_kind: "disparity" (default) or "depth".
@@ -108,9 +109,8 @@ def depth_metrics(pred_disparity: np.ndarray, gt_depth: np.ndarray, max_depth: f
   pixels_per_frame = valid.sum(axis=(1, 2))
   frames = pixels_per_frame > 0
 
-  def frame_mean(per_pixel):
-    per_frame = np.where(valid, per_pixel, 0.0).sum(axis=(1, 2))[frames] / pixels_per_frame[frames]
-    return per_frame
+  def frame_mean(per_pixel):  # [T', ] means over each frame's valid pixels, empty frames dropped.
+    return np.where(valid, per_pixel, 0.0).sum(axis=(1, 2))[frames] / pixels_per_frame[frames]
 
   ratio = np.maximum(aligned_depth / gt, gt / aligned_depth)
   return {
@@ -120,9 +120,9 @@ def depth_metrics(pred_disparity: np.ndarray, gt_depth: np.ndarray, max_depth: f
   }
 
 
-def _check_depth_inputs(pred_disparity, gt_depth, max_depth) -> np.ndarray:
+def _check_depth_inputs(pred_disparity: np.ndarray, gt_depth: np.ndarray,
+                        max_depth: float) -> np.ndarray:
   """Validates depth inputs and returns the bool [T, H, W] valid mask."""
-  pred_disparity, gt_depth = np.asarray(pred_disparity), np.asarray(gt_depth)
   validation.check_layout("gt_depth", gt_depth, "[T, H, W]")
   validation.check_same_shape("pred_disparity", pred_disparity, "gt_depth", gt_depth)
   validation.check_finite("pred_disparity", pred_disparity)

@@ -7,7 +7,7 @@ DAVIS's J, which averages per-frame IoUs. Ids of predictions and ground truth ne
 instances are matched by IoU. Pure numpy, no scipy.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -31,8 +31,10 @@ def instance_iou_matrix(pred_ids: np.ndarray, gt_ids: np.ndarray):
   pred_ids, gt_ids = np.asarray(pred_ids), np.asarray(gt_ids)
   validation.check_layout("gt_ids", gt_ids, "[T, H, W]")
   validation.check_same_shape("pred_ids", pred_ids, "gt_ids", gt_ids)
-  validation.check_integer("pred_ids", pred_ids)
-  validation.check_integer("gt_ids", gt_ids)
+  for name, ids in (("pred_ids", pred_ids), ("gt_ids", gt_ids)):
+    validation.check_integer(name, ids)
+    if ids.size and ids.min() < 0:
+      raise ValueError(f"{name} holds negative id {ids.min()}; ids are 0 (background) or positive")
   # Index 0 of each unique list is background (prepended), so both index spaces start at 0.
   gt_instance_ids = np.unique(gt_ids[gt_ids != 0])
   pred_instance_ids = np.unique(pred_ids[pred_ids != 0])
@@ -128,7 +130,9 @@ def mean_iou(pred_ids: np.ndarray, gt_ids: np.ndarray) -> dict:
   return {"miou": float(matched_iou.mean())}
 
 
-def mask_average_precision(pred_ids, gt_ids, pred_scores=None) -> dict:
+def mask_average_precision(pred_ids: np.ndarray | Sequence[np.ndarray],
+                           gt_ids: np.ndarray | Sequence[np.ndarray],
+                           pred_scores: Mapping | Sequence[Mapping | None] | None = None) -> dict:
   """Class-agnostic COCO-style mask AP over video instances, averaged over IoU .5:.05:.95.
 
   Per video and IoU threshold, predictions in descending score order each take the unmatched gt
