@@ -1,0 +1,20 @@
+"""small: the CPU benchmark size (d=256, 6 layers, 2,560 joint tokens per sample).
+
+The geometry matches the peer PyTorch reference in ENVIRONMENT.md (diffusers Wan transformer,
+d=256, 2,560 tokens) so step times compare directly.
+  python benchmarks/train_step.py --config configs/small.py
+"""
+
+from unity_jax import config as config_lib
+
+
+def get_config(arg=None):
+  config = config_lib.base_config()
+  config.model.update(dim=256, num_layers=6, num_heads=4, ffn_dim=1024, text_dim=128,
+                      text_layers=2, text_heads=4, dtype="float32")
+  config.data.update(num_frames=17, height=64, width=64)
+  config.train.batch_size = 4
+  config.stages = config_lib.paper_stages(2000, 4000)
+  if "smoke" in config_lib.parse_args(arg):
+    config_lib.apply_smoke(config)
+  return config

@@ -1,0 +1,48 @@
+"""unity_jax: UnityVideo-style unified multi-modal, multi-task video diffusion in JAX."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "jax>=0.10,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "grain>=0.2.18,<0.3",
+    "array_record>=0.8,<0.9",
+    "tensorstore>=0.1.86,<0.2",
+    "ml-collections>=1.1,<2",
+    "tensorflow-datasets>=4.9.10,<5",
+    "chex>=0.1.92,<0.2",
+    "absl-py>=2",
+    "einops>=0.8,<0.9",
+    "numpy>=2,<3",
+    "imageio>=2.37,<3",
+    "imageio-ffmpeg>=0.6,<0.9",
+    "pillow>=10",
+    "safetensors>=0.5,<1",
+    "tensorboardX>=2.6,<3",
+]
+
+setup(
+    name="unity_jax",
+    version="0.1.0",
+    description="Train and sample UnityVideo-style multi-modal, multi-task video DiTs with JAX.",
+    packages=find_packages(include=["unity_jax", "unity_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=CORE,
+    extras_require={
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "cuda": ["jax[cuda12]>=0.10,<0.11"],
+        "test": ["pytest>=8", "pytest-timeout>=2"],
+        # Parity tests against PyTorch reference code run with random weights (never downloads).
+        "parity": ["torch==2.13.0", "diffusers>=0.35"],
+    },
+    entry_points={
+        "console_scripts": [
+            "unity-data=unity_jax.data.cli:main",
+            "unity-train=unity_jax.train.cli:main",
+            "unity-sample=unity_jax.sample.cli:main",
+            "unity-eval=unity_jax.eval.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,11 @@
+"""Test setup: 8 fake CPU devices for sharding tests (must happen before jax is imported)."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update("jax_default_matmul_precision", "highest")

@@ -1,0 +1,241 @@
+"""Config schema, defaults, validation and loading for unity_jax.
+
+Every `configs/*.py` builds on `base_config()` and exposes `get_config(arg=None)`; `arg` is a
+comma-separated list of flags, of which `smoke` shrinks any config to a run that finishes in
+under two minutes on a 2-core CPU. `validate(config)` runs before anything compiles and raises
+`ConfigError` naming the key, the value and the rule that failed.
+"""
+
+import importlib.util
+import math
+import os
+
+import ml_collections
+
+from unity_jax import constants
+
+ENUMS = {
+    "model.text_encoder": ("builtin", "precomputed"),
+    "model.switcher": ("adaptive", "token_add"),
+    "model.modality_embed": ("shared", "separate"),
+    "model.head_mode": ("per_modality", "shared"),
+    "model.attention": ("xla", "chunked", "cudnn", "splash"),
+    "model.remat": ("none", "full", "dots", "save_attention_out"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "codec.name": ("pixel", "wan2.1_vae", "wan2.2_vae"),
+    "objective.timestep_sampling": ("uniform", "logit_normal"),
+    "objective.timesteps": ("independent", "shared"),
+}
+MESH_AXES = ("data", "fsdp", "tensor", "context")
+
+
+class ConfigError(ValueError):
+  """A config value breaks a rule; the message names the key, the value and the rule."""
+
+
+def stage(name, steps, sources, modalities, modality_weights=None, max_person_count=2,
+          control=0.25, estimate=0.25, joint=0.5):
+  """One curriculum stage (see DESIGN.md §4)."""
+  return ml_collections.ConfigDict(dict(
+      name=name, steps=steps, sources=tuple(sources), modalities=tuple(modalities),
+      modality_weights=tuple(modality_weights or (1.0,) * len(modalities)),
+      max_person_count=max_person_count,
+      task_probs=ml_collections.ConfigDict(dict(control=control, estimate=estimate, joint=joint))))
+
+
+def paper_stages(stage1_steps, stage2_steps, **task_probs):
+  """The paper's two-stage curriculum: pixel-aligned modalities on single-person data, then all."""
+  return [
+      stage("stage1_pixel_aligned", stage1_steps, ("single_person",),
+            constants.PIXEL_ALIGNED_MODALITIES, max_person_count=1, **task_probs),
+      stage("stage2_all", stage2_steps, constants.SOURCES, constants.MODALITIES, **task_probs),
+  ]
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every config; presets override geometry, data and schedule."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = dict(
+      dim=64, num_layers=2, num_heads=4, ffn_dim=256, patch_size=(1, 2, 2), freq_dim=256,
+      text_encoder="builtin", text_dim=64, text_layers=2, text_heads=4, text_max_len=64,
+      switcher="adaptive", modality_embed="shared", head_mode="per_modality", qk_norm=True,
+      rope_theta=10000.0, attention="xla", attention_chunk=512, remat="none", scan_layers=True,
+      dtype="bfloat16", param_dtype="float32", num_modality_streams=1)
+  c.codec = dict(name="pixel", spatial_stride=2, temporal_stride=4, latent_channels=48)
+  c.data = dict(dir="", num_frames=9, height=32, width=32, caption_len=64, prompt_len=32,
+                source_weights=(1, 1, 1, 1), worker_count=0, prefetch_buffer=2,
+                skip_corrupt=False, flip_augment=False)
+  c.objective = dict(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0,
+                     caption_dropout=0.1, timesteps="independent")
+  c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="fsdp_tp")
+  c.train = dict(batch_size=8)
+  c.stages = paper_stages(100, 100)
+  return ml_collections.ConfigDict(c)
+
+
+def parse_args(arg):
+  """'smoke,foo' -> {'smoke', 'foo'}; None -> empty set."""
+  return {a.strip() for a in (arg or "").split(",") if a.strip()}
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads 'configs/NAME.py[:ARGS]' by path and calls its get_config(ARGS)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      "unity_config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} has no get_config(arg=None) function")
+  return module.get_config(arg or None)
+
+
+WAN_CODECS = {
+    "wan2.1_vae": dict(name="wan2.1_vae", spatial_stride=8, temporal_stride=4, latent_channels=16),
+    "wan2.2_vae": dict(name="wan2.2_vae", spatial_stride=16, temporal_stride=4, latent_channels=48),
+}
+
+
+def preset(config, *, dim, num_layers, num_heads, ffn_dim, codec, text_dim=4096):
+  """Applies a large-model geometry (precomputed umT5 captions, Wan VAE latents, bf16, FSDP)."""
+  config.model.update(dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim,
+                      text_encoder="precomputed", text_dim=text_dim, text_max_len=512,
+                      remat="full", attention="chunked", dtype="bfloat16")
+  config.codec = ml_collections.ConfigDict(WAN_CODECS[codec])
+  config.data.update(num_frames=33, height=256, width=256, caption_len=512, prompt_len=64)
+  config.mesh.update(data=-1, fsdp=8, tensor=1, context=1)
+  config.train.batch_size = 32
+  return config
+
+
+def apply_smoke(config):
+  """Shrinks any config to a 2-minute CPU run, keeping its architectural switches."""
+  config.model.update(dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_encoder="builtin",
+                      text_dim=32, text_layers=1, text_heads=2, text_max_len=64, remat="none",
+                      attention="xla", dtype="float32")
+  config.codec = ml_collections.ConfigDict(dict(name="pixel", spatial_stride=2,
+                                                temporal_stride=4, latent_channels=48))
+  config.data.update(num_frames=5, height=16, width=16, caption_len=48, prompt_len=32)
+  config.mesh.update(data=-1, fsdp=1, tensor=1, context=1)
+  config.train.batch_size = 8
+  for s in config.stages:
+    s.steps = 10
+  return config
+
+
+def _fail(key, value, rule):
+  raise ConfigError(f"config.{key}={value!r}: {rule}")
+
+
+def mesh_shape(config, num_devices: int) -> dict[str, int]:
+  """Resolves config.mesh (one axis may be -1 = the remaining devices) into axis sizes."""
+  sizes = {axis: int(config.mesh[axis]) for axis in MESH_AXES}
+  free = [a for a, s in sizes.items() if s == -1]
+  if len(free) > 1:
+    _fail("mesh", dict(sizes), "at most one mesh axis may be -1")
+  for axis, size in sizes.items():
+    if size == 0 or size < -1:
+      _fail(f"mesh.{axis}", size, "mesh axis sizes must be positive (or -1 for the rest)")
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  if free:
+    if num_devices % fixed:
+      _fail("mesh", dict(sizes), f"fixed axes ({fixed}) must divide the {num_devices} devices")
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    _fail("mesh", dict(sizes), f"the mesh product {math.prod(sizes.values())} must equal the "
+          f"device count {num_devices}")
+  return sizes
+
+
+def validate(config, num_devices: int | None = None) -> None:
+  """Checks every rule that would otherwise fail late (or silently) inside jit."""
+  for key, choices in ENUMS.items():
+    group, name = key.split(".")
+    value = config[group][name]
+    if value not in choices:
+      _fail(key, value, f"must be one of {list(choices)}")
+  m, d, codec = config.model, config.data, config.codec
+  if m.dim % m.num_heads:
+    _fail("model.num_heads", m.num_heads, f"must divide model.dim={m.dim}")
+  if (m.dim // m.num_heads) % 2 or m.dim // m.num_heads < 6:
+    _fail("model.num_heads", m.num_heads, f"head dim {m.dim // m.num_heads} must be even and "
+          ">= 6 for 3D RoPE")
+  if m.text_dim % m.text_heads:
+    _fail("model.text_heads", m.text_heads, f"must divide model.text_dim={m.text_dim}")
+  if m.num_modality_streams < 1:
+    _fail("model.num_modality_streams", m.num_modality_streams, "must be >= 1")
+  if (d.num_frames - 1) % codec.temporal_stride or d.num_frames < 1:
+    _fail("data.num_frames", d.num_frames, f"must be 1 + k*{codec.temporal_stride} "
+          f"(codec.temporal_stride={codec.temporal_stride}; 4k+1 for Wan VAEs)")
+  pt, ph, pw = m.patch_size
+  latent_frames = 1 + (d.num_frames - 1) // codec.temporal_stride
+  if latent_frames % pt:
+    _fail("model.patch_size", tuple(m.patch_size), f"temporal patch {pt} must divide the "
+          f"{latent_frames} latent frames")
+  for key, size, p in (("data.height", d.height, ph), ("data.width", d.width, pw)):
+    if size % (codec.spatial_stride * p):
+      _fail(key, size, f"must be divisible by codec.spatial_stride*patch = "
+            f"{codec.spatial_stride}*{p}")
+  if d.caption_len > m.text_max_len or d.prompt_len > m.text_max_len:
+    _fail("data.caption_len", (d.caption_len, d.prompt_len),
+          f"caption and prompt lengths must be <= model.text_max_len={m.text_max_len}")
+  if codec.name == "pixel" and codec.latent_channels != 3 * codec.temporal_stride * \
+      codec.spatial_stride ** 2:
+    _fail("codec.latent_channels", codec.latent_channels, "the pixel codec has "
+          f"3*temporal_stride*spatial_stride^2 = "
+          f"{3 * codec.temporal_stride * codec.spatial_stride ** 2} channels")
+  o = config.objective
+  if not 0.0 <= o.caption_dropout <= 1.0:
+    _fail("objective.caption_dropout", o.caption_dropout, "must lie in [0, 1]")
+  if o.shift <= 0:
+    _fail("objective.shift", o.shift, "must be > 0")
+  if len(d.source_weights) != len(constants.SOURCES) or min(d.source_weights) < 0:
+    _fail("data.source_weights", tuple(d.source_weights),
+          f"must be {len(constants.SOURCES)} non-negative weights for {list(constants.SOURCES)}")
+  if not config.stages:
+    _fail("stages", config.stages, "at least one curriculum stage is required")
+  for i, s in enumerate(config.stages):
+    _validate_stage(f"stages[{i}]", s, config.train.batch_size)
+  if config.train.batch_size < 1:
+    _fail("train.batch_size", config.train.batch_size, "must be >= 1")
+  if num_devices is not None:
+    sizes = mesh_shape(config, num_devices)
+    data_parallel = sizes["data"] * sizes["fsdp"]
+    if config.train.batch_size % data_parallel:
+      _fail("train.batch_size", config.train.batch_size,
+            f"must be divisible by the data-parallel size data*fsdp={data_parallel}")
+    if m.num_heads % sizes["tensor"] or m.ffn_dim % sizes["tensor"]:
+      _fail("mesh.tensor", sizes["tensor"], f"must divide model.num_heads={m.num_heads} and "
+            f"model.ffn_dim={m.ffn_dim}")
+    if m.dim % sizes["fsdp"]:
+      _fail("mesh.fsdp", sizes["fsdp"], f"must divide model.dim={m.dim}")
+
+
+def _validate_stage(key, s, batch_size):
+  if s.steps < 1:
+    _fail(f"{key}.steps", s.steps, "must be >= 1")
+  for source in s.sources:
+    if source not in constants.SOURCES:
+      _fail(f"{key}.sources", tuple(s.sources), f"unknown source {source!r}; expected a subset "
+            f"of {list(constants.SOURCES)}")
+  if not s.sources:
+    _fail(f"{key}.sources", tuple(s.sources), "must name at least one source")
+  for modality in s.modalities:
+    if modality not in constants.MODALITIES:
+      _fail(f"{key}.modalities", tuple(s.modalities), f"unknown modality {modality!r}; expected "
+            f"a subset of {list(constants.MODALITIES)}")
+  if len(s.modality_weights) != len(s.modalities) or any(w < 0 for w in s.modality_weights):
+    _fail(f"{key}.modality_weights", tuple(s.modality_weights),
+          f"must be {len(s.modalities)} non-negative weights, one per modality")
+  probs = dict(s.task_probs)
+  if set(probs) != set(constants.TASKS):
+    _fail(f"{key}.task_probs", probs, f"must have exactly the keys {list(constants.TASKS)}")
+  if any(p < 0 for p in probs.values()) or abs(sum(probs.values()) - 1.0) > 1e-6:
+    _fail(f"{key}.task_probs", probs, "probabilities must be non-negative and sum to 1")
+  if batch_size % len(s.sources):
+    _fail("train.batch_size", batch_size, f"must split into {len(s.sources)} equal source "
+          f"groups for {key}.sources={tuple(s.sources)}")
