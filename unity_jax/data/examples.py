@@ -1,0 +1,193 @@
+"""Per-sample work of the input pipeline: decode one record, validate it, apply the sample's
+draws (modality, task, flip) and tokenize its texts into a contract example.
+
+Runs inside grain (possibly in worker processes), so everything here is picklable.
+"""
+
+import dataclasses
+import functools
+import re
+from typing import Any, Callable
+
+import numpy as np
+
+from unity_jax import constants
+from unity_jax.data import prompts
+from unity_jax.data import sampling
+from unity_jax.model import text
+
+try:
+  from unity_jax.data.reader import RecordError  # pylint: disable=g-import-not-at-top
+except ImportError:  # The reader is written in parallel; keep the agreed contract meanwhile.
+  class RecordError(ValueError):
+    """A corrupt record; the message names its shard and record index."""
+
+SKIPPED_KEY = "_skipped_corrupt"
+"""Internal per-example field: corrupt records skipped to produce it (removed by BatchIterator)."""
+
+FLIP_SAFE_MODALITIES = ("depth", "segmentation")
+"""Modalities whose rendering stays correct under a horizontal flip of the frames.
+
+Not flow (dx must be negated, which the colour-wheel rendering does not allow on pixels),
+skeleton or densepose (left/right body parts would need swapping).
+"""
+
+MAX_CORRUPT_IN_A_ROW = 64
+"""With skip_corrupt, give up (raise) after this many consecutive corrupt records."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleOptions:
+  """Record shape and text lengths the config expects, and the augmentation switches."""
+  num_frames: int
+  height: int
+  width: int
+  caption_len: int = 64
+  prompt_len: int = 32
+  flip_augment: bool = False
+  skip_corrupt: bool = False
+
+  @property
+  def video_shape(self) -> tuple[int, int, int, int]:
+    return (self.num_frames, self.height, self.width, 3)
+
+
+def options_from_config(config: Any) -> ExampleOptions:
+  """Reads config.data.{num_frames,height,width,caption_len,prompt_len,flip_augment,skip_corrupt}."""
+  data = config.data
+  return ExampleOptions(
+      num_frames=int(data.num_frames), height=int(data.height), width=int(data.width),
+      caption_len=int(data.caption_len), prompt_len=int(data.prompt_len),
+      flip_augment=bool(data.flip_augment), skip_corrupt=bool(data.skip_corrupt))
+
+
+def default_decode_fn() -> Callable[[bytes, str], dict]:
+  """The OpenUni reader's `decode_record(raw, where) -> clip dict`."""
+  from unity_jax.data import reader  # pylint: disable=g-import-not-at-top
+  return reader.decode_record
+
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)(?=\b|ward)", re.IGNORECASE)
+
+
+def swap_left_right(caption: str) -> str:
+  """Swaps the words left/right (keeping case) so a caption stays true for a mirrored video."""
+  def swap(match):
+    word = match.group(1)
+    other = "right" if word.lower() == "left" else "left"
+    return other.capitalize() if word[0].isupper() else other
+  return _LEFT_RIGHT.sub(swap, caption)
+
+
+@functools.lru_cache(maxsize=256)
+def _prompt_tokens(modality: str, targets: str | None, max_len: int):
+  tokens, mask = text.tokenize([prompts.modality_prompt(modality, targets)], max_len)
+  return tokens[0], mask[0]
+
+
+def _describe(records: Any, source: str, record_index: int) -> str:
+  """Where a record lives, for error messages (the reader's shard/offset when it offers it)."""
+  describe = getattr(records, "describe", None)
+  if callable(describe):
+    return describe(record_index)
+  return f"source {source!r} record {record_index}"
+
+
+def _check_video(video: Any, expected: tuple[int, ...], where: str, field: str) -> np.ndarray:
+  video = np.asarray(video)
+  if video.shape != expected or video.dtype != np.uint8:
+    raise ValueError(
+        f"{where}: {field} is {video.dtype} {list(video.shape)}, but the config expects uint8 "
+        f"{list(expected)} (config.data.num_frames, height, width); re-generate the data or "
+        f"fix the config")
+  return video
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExampleBuilder:
+  """map_with_index function of one source: (stream position k, record index) -> example.
+
+  Attributes:
+    source: source name.
+    records: random-access raw record bytes of this source.
+    order: the shuffled, repeated record-index stream this builder is mapped over (used to find
+      the substitute of a corrupt record: the next position of the same stream).
+    epoch_length: records per epoch of this process's shard (epoch = k // epoch_length).
+    available: bool [num_records, len(MODALITIES)] from the index rows.
+    modality_weights: float [len(MODALITIES)] stage weights.
+    task_probs: float [len(TASKS)].
+  """
+  source: str
+  records: Any
+  order: Any
+  epoch_length: int
+  available: np.ndarray
+  modality_weights: np.ndarray
+  task_probs: np.ndarray
+  seed: int
+  stage_index: int
+  options: ExampleOptions
+  decode_fn: Callable[[bytes, str], dict]
+
+  def __call__(self, position: int, record_index: int) -> dict[str, np.ndarray]:
+    skipped = 0
+    while True:
+      where = _describe(self.records, self.source, record_index)
+      try:
+        clip = self.decode_fn(self.records[record_index], where)
+        break
+      except RecordError:
+        if not self.options.skip_corrupt:
+          raise
+        skipped += 1
+        if skipped >= MAX_CORRUPT_IN_A_ROW:
+          raise RecordError(f"{where}: {skipped} corrupt records in a row in source "
+                            f"{self.source!r}; the data looks broken, not just a few records")
+        # Substitute the next record of the same stream, so the batch keeps its source balance.
+        position += 1
+        record_index = int(self.order[position])
+    example = self._example(clip, position, record_index, where)
+    example[SKIPPED_KEY] = np.int32(skipped)
+    return example
+
+  def _example(self, clip: dict, position: int, record_index: int,
+               where: str) -> dict[str, np.ndarray]:
+    if clip.get("source", self.source) != self.source:
+      raise ValueError(f"{where}: record says source {clip['source']!r} but is stored under "
+                       f"{self.source!r}")
+    shape = self.options.video_shape
+    rgb = _check_video(clip["rgb"], shape, where, "rgb")
+    draw = sampling.draw_sample(
+        self.available[record_index], self.modality_weights, self.task_probs, seed=self.seed,
+        stage_index=self.stage_index, source=self.source,
+        epoch=position // self.epoch_length, record_index=record_index)
+    if draw.modality_id == constants.NO_MODALITY:
+      modality_name = "none"
+      modality_video = np.zeros(shape, np.uint8)
+    else:
+      modality_name = constants.MODALITIES[draw.modality_id]
+      videos = clip.get("modalities", {})
+      if modality_name not in videos:
+        raise ValueError(f"{where}: the index marks {modality_name!r} available but the record "
+                         f"has only {sorted(videos)}")
+      modality_video = _check_video(videos[modality_name], shape, where, modality_name)
+    caption = str(clip.get("caption", ""))
+    if (self.options.flip_augment and draw.flip
+        and modality_name in ("none", *FLIP_SAFE_MODALITIES)):
+      rgb = rgb[:, :, ::-1]
+      modality_video = modality_video[:, :, ::-1]
+      caption = swap_left_right(caption)
+    caption_tokens, caption_mask = text.tokenize([caption], self.options.caption_len)
+    prompt_tokens, prompt_mask = _prompt_tokens(
+        modality_name, clip.get("segmentation_targets"), self.options.prompt_len)
+    return {
+        "rgb": np.ascontiguousarray(rgb),
+        "modality_video": np.ascontiguousarray(modality_video),
+        "modality_id": np.int32(draw.modality_id),
+        "source_id": np.int32(constants.source_id(self.source)),
+        "task_id": np.int32(draw.task_id),
+        "caption_tokens": caption_tokens[0],
+        "caption_mask": caption_mask[0],
+        "modality_prompt_tokens": prompt_tokens,
+        "modality_prompt_mask": prompt_mask,
+    }

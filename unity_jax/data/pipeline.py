@@ -1,0 +1,224 @@
+"""grain input pipeline: exactly source-balanced, deterministic, checkpointable training batches.
+
+Shape of the pipeline (per process; decisions in `sampling.py`, per-sample work in `examples.py`):
+
+  for each source of the stage (constants.SOURCES order):
+    index rows --curriculum filter--> kept record ids --[process_index::process_count]-->
+    grain.MapDataset.source(ids).shuffle(seed_s).repeat()        # new shuffle every epoch
+      .map_with_index(ExampleBuilder)                            # decode, validate, draw, tokenize
+  grain.MapDataset.mix(per_source, source_weights).batch(local_batch)
+    .to_iter_dataset(ReadOptions)  [.mp_prefetch(workers)]  -> BatchIterator
+
+Why this order: mixing integer-weighted *MapDatasets* places exactly local_batch * w / sum(w)
+samples of each source in every batch window (grain's mix interleaves by exact index
+arithmetic), and batching before `mp_prefetch` makes every worker produce whole batches.
+Shuffling after the mix, or batching inside `grain.DataLoader` workers, breaks this balance.
+Every process uses the same counts, so each global batch holds batch * w / sum(w) per source.
+
+Batch contract (numpy, process-local batch B = train.batch_size / process_count):
+  rgb                     uint8 [B, T, H, W, 3]
+  modality_video          uint8 [B, T, H, W, 3]   zeros where modality_id == -1
+  modality_id             int32 [B]   index into constants.MODALITIES, -1 = RGB-only
+  source_id               int32 [B]   index into constants.SOURCES
+  task_id                 int32 [B]   index into constants.TASKS
+  caption_tokens          int32 [B, Lc];  caption_mask bool [B, Lc]
+  modality_prompt_tokens  int32 [B, Lm];  modality_prompt_mask bool [B, Lm]
+
+Checkpointing the iterator with the train state (orbax):
+  it = make_train_iterator(config, stage_index, process_index=jax.process_index(),
+                           process_count=jax.process_count())
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(it)))
+  # Resume: build the iterator of the checkpoint's stage the same way, then
+  manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(it)))
+`it.get_state()` / `it.set_state(state)` give the same without orbax (a JSON-able dict).
+"""
+
+from typing import Any, Callable, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from unity_jax import constants
+from unity_jax.data import examples
+from unity_jax.data import sampling
+
+RandomAccessSource = Any
+"""len() and __getitem__(int) -> raw record bytes (grain RandomAccessDataSource compatible)."""
+
+
+def ensure_absl_flags_parsed() -> None:
+  """grain reads absl flags; under jax they must count as parsed or workers fail to start."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _worker_init(worker_index: int, worker_count: int) -> None:
+  del worker_index, worker_count
+  ensure_absl_flags_parsed()
+
+
+def build_batch_dataset(
+    sources: Mapping[str, RandomAccessSource],
+    rows: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    plan: sampling.StagePlan,
+    options: examples.ExampleOptions,
+    global_batch: int,
+    seed: int,
+    stage_index: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    decode_fn: Callable[[bytes, str], dict] | None = None,
+) -> grain.MapDataset:
+  """The process-local, infinite MapDataset of training batches (see the module docstring).
+
+  Args:
+    sources: {source name: random-access raw records} for at least every source of `plan`.
+    rows: {source name: index rows}, row j describing record j of that source.
+    plan: the stage's sampling plan (sampling.plan_from_config).
+    options: shapes, text lengths and augmentation (examples.options_from_config).
+    global_batch: train.batch_size over all processes.
+    seed: config.seed.
+    stage_index: curriculum stage (seeds the shuffles and draws).
+    process_index, process_count: this process's disjoint share of every source.
+    decode_fn: raw bytes, where -> clip dict; defaults to the OpenUni reader's decode_record.
+
+  Returns:
+    grain.MapDataset of batches (dicts of numpy arrays, see the contract); index i is the i-th
+    local batch, so len() is effectively infinite (sys.maxsize // local batch).
+  """
+  if decode_fn is None:
+    decode_fn = examples.default_decode_fn()
+  counts = sampling.per_batch_counts(plan, global_batch, process_count)
+  modality_weights = sampling.allowed_modality_weights(plan)
+  per_source = []
+  for source in plan.sources:
+    if source not in sources or source not in rows:
+      raise ValueError(f"stage {plan.name!r} samples source {source!r} but no records were "
+                       f"given for it (have {sorted(sources)})")
+    source_rows = rows[source]
+    if len(source_rows) != len(sources[source]):
+      raise ValueError(f"source {source!r}: the index has {len(source_rows)} rows but the "
+                       f"record source holds {len(sources[source])} records")
+    kept = sampling.select_records(source_rows, plan)
+    where = f"stage {plan.name!r} source {source!r}"
+    local = sampling.shard_for_process(kept, process_index, process_count, where)
+    order = (grain.MapDataset.source(local.tolist())
+             .shuffle(seed=sampling.shuffle_seed(seed, stage_index, source))
+             .repeat())
+    builder = examples.ExampleBuilder(
+        source=source, records=sources[source], order=order, epoch_length=len(local),
+        available=sampling.availability_matrix(source_rows), modality_weights=modality_weights,
+        task_probs=np.asarray(plan.task_probs), seed=seed, stage_index=stage_index,
+        options=options, decode_fn=decode_fn)
+    per_source.append(order.map_with_index(builder))
+  weights = [counts[s] for s in plan.sources]
+  mixed = grain.MapDataset.mix(per_source, weights) if len(per_source) > 1 else per_source[0]
+  return mixed.batch(sum(weights), drop_remainder=True)
+
+
+class BatchIterator(grain.DatasetIterator):
+  """The training iterator: yields contract batches and counts skipped corrupt records.
+
+  A grain DatasetIterator, so `grain.checkpoint.CheckpointSave/CheckpointRestore` and
+  `get_state`/`set_state` work on it directly; the skip count is part of the state.
+
+  Attributes:
+    skipped_corrupt: corrupt records skipped so far (only with data.skip_corrupt).
+  """
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self.skipped_corrupt = 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = dict(next(self._parent))
+    self.skipped_corrupt += int(np.sum(batch.pop(examples.SKIPPED_KEY)))
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {"pipeline": self._parent.get_state(), "skipped_corrupt": self.skipped_corrupt}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["pipeline"])
+    self.skipped_corrupt = int(state["skipped_corrupt"])
+
+  def __str__(self) -> str:
+    return "unity_jax.BatchIterator"
+
+
+class _BatchIterDataset(grain.IterDataset):
+  """Wraps the prefetched batch stream into BatchIterator (runs in the main process)."""
+
+  def __iter__(self) -> BatchIterator:
+    return BatchIterator(self._parent.__iter__())
+
+
+def make_iterator(batches: grain.MapDataset, *, worker_count: int = 0,
+                  prefetch_buffer: int = 2) -> BatchIterator:
+  """Turns the batch MapDataset into a prefetching, checkpointable iterator.
+
+  worker_count 0 decodes in this process (prefetch threads); > 0 decodes whole batches in that
+  many spawned processes (`mp_prefetch`), which preserves order and balance. Call
+  `iterator.close()` when done to stop worker processes. Scripts using workers need an
+  `if __name__ == "__main__":` guard (workers are spawned).
+  """
+  if worker_count < 0 or prefetch_buffer < 0:
+    raise ValueError(f"worker_count={worker_count} and prefetch_buffer={prefetch_buffer} must "
+                     f"be >= 0")
+  ensure_absl_flags_parsed()
+  read_options = grain.ReadOptions(num_threads=min(prefetch_buffer, 2),
+                                   prefetch_buffer_size=prefetch_buffer)
+  stream = batches.to_iter_dataset(read_options)
+  if worker_count > 0:
+    stream = stream.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=worker_count,
+                                     per_worker_buffer_size=max(1, prefetch_buffer)),
+        worker_init_fn=_worker_init)
+  return iter(_BatchIterDataset(stream))
+
+
+def pipeline_from_reader(reader: Any, config: Any, stage_index: int, *, process_index: int = 0,
+                         process_count: int = 1, split: str = "train") -> grain.MapDataset:
+  """build_batch_dataset over an `OpenUniReader`'s split, configured by `config`."""
+  if split not in reader.splits:
+    raise ValueError(f"split {split!r} not in the OpenUni data at {config.data.dir!r}; it has "
+                     f"{list(reader.splits)}")
+  plan = sampling.plan_from_config(config, stage_index)
+  rows = sampling.rows_by_source(reader.index(split))
+  sources = {source: reader.source(split, source) for source in plan.sources}
+  return build_batch_dataset(
+      sources, rows, plan=plan, options=examples.options_from_config(config),
+      global_batch=int(config.train.batch_size), seed=int(config.seed), stage_index=stage_index,
+      process_index=process_index, process_count=process_count)
+
+
+def make_train_iterator(config: Any, stage_index: int, *, process_index: int = 0,
+                        process_count: int = 1, split: str = "train") -> BatchIterator:
+  """The infinite training iterator of one curriculum stage (process-local batches).
+
+  Reads config.data.dir with OpenUniReader; worker_count and prefetch_buffer from config.data.
+  On a multi-host job pass jax.process_index() and jax.process_count().
+  """
+  from unity_jax.data import reader as reader_lib  # pylint: disable=g-import-not-at-top
+  batches = pipeline_from_reader(
+      reader_lib.OpenUniReader(config.data.dir), config, stage_index,
+      process_index=process_index, process_count=process_count, split=split)
+  return make_iterator(batches, worker_count=int(config.data.worker_count),
+                       prefetch_buffer=int(config.data.prefetch_buffer))
+
+
+def batch_counts(batch: Mapping[str, np.ndarray]) -> dict[str, dict[str, int]]:
+  """Per-batch counts by source, modality ("none" for -1) and task names (for inspect/logs)."""
+  modality_names = (*constants.MODALITIES, "none")
+  modality_ids = np.where(batch["modality_id"] < 0, len(constants.MODALITIES),
+                          batch["modality_id"])
+  def count(ids, names):
+    values = np.bincount(np.asarray(ids), minlength=len(names))
+    return {name: int(v) for name, v in zip(names, values)}
+  return {"source": count(batch["source_id"], constants.SOURCES),
+          "modality": count(modality_ids, modality_names),
+          "task": count(batch["task_id"], constants.TASKS)}
