@@ -1,6 +1,7 @@
 """Tests of the grain input pipeline over in-memory sources (unity_jax.data.pipeline)."""
 
 import json
+import re
 import pickle
 
 import grain
@@ -20,22 +21,23 @@ SOURCE_SIZES = {"single_person": 5, "two_person": 7, "general": 11, "subject_cen
 CORRUPT = b"corrupt!"
 
 
-def make_clip(source: str, index: int, modalities=constants.MODALITIES) -> dict:
+def make_clip(source: str, index: int, available=constants.MODALITIES) -> dict:
   """A tiny clip whose pixels identify it: rgb[0,0,0,0] = index, [0,0,0,1] = source id, and
-  channel 2 holds the column number, so a horizontal flip is visible."""
+  channel 2 holds the column number, so a horizontal flip is visible. Modality videos hold
+  100 + column in channel 0 and their modality id in channel 1."""
   rgb = np.zeros((T, H, W, 3), np.uint8)
   rgb[..., 2] = np.arange(W, dtype=np.uint8)
   rgb[0, 0, 0, 0] = index
   rgb[0, 0, 0, 1] = constants.source_id(source)
   videos = {}
-  for name in modalities:
+  for name in constants.MODALITIES:
     video = np.zeros((T, H, W, 3), np.uint8)
     video[..., 0] = np.arange(W, dtype=np.uint8) + 100
     video[..., 1] = constants.modality_id(name)
     videos[name] = video
   return {"id": f"{source}-{index}", "source": source, "caption": "a ball rolls left",
           "person_count": index % 3, "segmentation_targets": "one person", "rgb": rgb,
-          "modalities": videos, "available": {m: m in modalities for m in constants.MODALITIES}}
+          "modalities": videos, "available": {m: m in available for m in constants.MODALITIES}}
 
 
 def decode(raw: bytes, where: str) -> dict:
@@ -306,3 +308,109 @@ def test_batch_counts_names_everything():
                               "subject_centric": 0}
   assert counts["modality"]["none"] == 1 and counts["modality"]["densepose"] == 1
   assert counts["task"] == {"control": 1, "estimate": 0, "joint": 2}
+
+
+# OpenUni directories (reader.py) ----------------------------------------------------------------
+
+READER_SIZES = {"single_person": 4, "two_person": 5, "general": 3, "subject_centric": 6}
+
+
+def _some_available(source, index):
+  return constants.MODALITIES[index % 5:] or ("depth",)
+
+
+@pytest.fixture(scope="module")
+def openuni_dir(tmp_path_factory):
+  from unity_jax.data import writer  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("openuni"))
+  clips = [make_clip(source, i, _some_available(source, i))
+           for source, size in READER_SIZES.items() for i in range(size)]
+  writer.write_clips(clips, data_dir, "train", clips_per_shard=2)
+  return data_dir
+
+
+def corrupt_record(data_dir, source, index):
+  """Flips one byte inside record `index` of `source` in its shard (size stays the same)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  from unity_jax.data import record  # pylint: disable=g-import-not-at-top
+  encoded = record.encode_record(make_clip(source, index, _some_available(source, index)))
+  for path in glob.glob(f"{data_dir}/train/{source}-*.array_record"):
+    content = bytearray(open(path, "rb").read())
+    start = content.find(encoded)
+    if start >= 0:
+      content[start + len(encoded) // 2] ^= 0xFF
+      open(path, "wb").write(bytes(content))
+      return path
+  raise AssertionError(f"record {source} {index} not found")
+
+
+def test_train_iterator_over_openuni_reader(openuni_dir):
+  config = make_config()
+  config.data.dir = openuni_dir
+  iterator = pipeline.make_train_iterator(config, 0)
+  seen = set()
+  for batch in take(iterator, 25):
+    assert np.bincount(batch["source_id"], minlength=4).tolist() == [2, 2, 2, 2]
+    for row, (source, index) in enumerate(record_ids(batch)):
+      seen.add((source, index))
+      name = constants.MODALITIES[batch["modality_id"][row]]
+      assert name in _some_available(constants.SOURCES[source], index)
+  assert len(seen) == sum(READER_SIZES.values())
+  iterator.close()
+
+
+def test_corrupt_shard_record_named_or_counted(openuni_dir, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path / "openuni")
+  shutil.copytree(openuni_dir, data_dir)
+  path = corrupt_record(data_dir, "two_person", 3)  # shards of 2: second record of shard 1
+  config = make_config()
+  config.data.dir = data_dir
+  with pytest.raises(examples.RecordError, match=re.escape(f"{path} record 1: ")):
+    take(pipeline.make_train_iterator(config, 0), 10)
+  config.data.skip_corrupt = True
+  iterator = pipeline.make_train_iterator(config, 0)
+  batches = take(iterator, 10)
+  assert (1, 3) not in {r for b in batches for r in record_ids(b)}
+  assert iterator.skipped_corrupt >= 3  # 10 batches * 2 = 20 draws = 4 epochs of two_person
+
+
+CONFIG_FILE = f'''
+from unity_jax import config as config_lib
+from unity_jax import constants
+
+def get_config(arg=None):
+  config = config_lib.base_config()
+  config.data.update(num_frames={T}, height={H}, width={W}, caption_len=24, prompt_len=16)
+  config.train.batch_size = 8
+  config.stages = [config_lib.stage("all", 10, constants.SOURCES, constants.MODALITIES,
+                                    max_person_count=-1)]
+  return config
+'''
+
+
+def test_inspect_prints_counts_and_writes_contact_sheet(openuni_dir, tmp_path):
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from unity_jax.data import inspect as inspect_lib  # pylint: disable=g-import-not-at-top
+  config_path = tmp_path / "cfg.py"
+  config_path.write_text(CONFIG_FILE)
+  sheet = tmp_path / "sheet.png"
+  out = io.StringIO()
+  inspect_lib.main(["--data", openuni_dir, "--config", str(config_path), "--batches", "3",
+                    "--json", "--sheet", str(sheet)], out=out)
+  lines = [json.loads(line) for line in out.getvalue().splitlines()]
+  assert [line["batch"] for line in lines[:3]] == [0, 1, 2]
+  for line in lines[:3]:
+    assert line["source"] == {s: 2 for s in constants.SOURCES}
+    assert sum(line["modality"].values()) == sum(line["task"].values()) == 8
+  assert lines[3] == {"skipped_corrupt": 0}
+  image = Image.open(sheet)
+  scale = -(-inspect_lib.SHEET_MIN_FRAME_HEIGHT // H)
+  assert image.size == (2 * T * W * scale + 6, 8 * (H * scale + 14))
+  table = io.StringIO()
+  inspect_lib.main(["--data", openuni_dir, "--config", str(config_path), "--batches", "2"],
+                   out=table)
+  text_lines = table.getvalue().splitlines()
+  assert text_lines[1].startswith("batch | single_person two_person general subject_centric")
+  assert text_lines[2].startswith("    0 |             2          2       2               2 |")

@@ -61,10 +61,14 @@ def options_from_config(config: Any) -> ExampleOptions:
       flip_augment=bool(data.flip_augment), skip_corrupt=bool(data.skip_corrupt))
 
 
+TRAINING_SKIP = ("gt", "latents", "caption_embedding")
+"""Record groups training batches do not use: not decompressed."""
+
+
 def default_decode_fn() -> Callable[[bytes, str], dict]:
-  """The OpenUni reader's `decode_record(raw, where) -> clip dict`."""
+  """The OpenUni reader's `decode_record(raw, where) -> clip dict`, skipping TRAINING_SKIP."""
   from unity_jax.data import reader  # pylint: disable=g-import-not-at-top
-  return reader.decode_record
+  return functools.partial(reader.decode_record, skip=TRAINING_SKIP)
 
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)(?=\b|ward)", re.IGNORECASE)
@@ -87,9 +91,9 @@ def _prompt_tokens(modality: str, targets: str | None, max_len: int):
 
 def _describe(records: Any, source: str, record_index: int) -> str:
   """Where a record lives, for error messages (the reader's shard/offset when it offers it)."""
-  describe = getattr(records, "describe", None)
-  if callable(describe):
-    return describe(record_index)
+  where = getattr(records, "where", None)  # OpenUniSource.where: "<shard file> record <n>".
+  if callable(where):
+    return where(record_index)
   return f"source {source!r} record {record_index}"
 
 
@@ -105,22 +109,19 @@ def _check_video(video: Any, expected: tuple[int, ...], where: str, field: str) 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ExampleBuilder:
-  """map_with_index function of one source: (stream position k, record index) -> example.
+  """The map function of one source: stream position k -> contract example.
 
   Attributes:
     source: source name.
     records: random-access raw record bytes of this source.
-    order: the shuffled, repeated record-index stream this builder is mapped over (used to find
-      the substitute of a corrupt record: the next position of the same stream).
-    epoch_length: records per epoch of this process's shard (epoch = k // epoch_length).
+    order: position -> (epoch, record index) of this process's shard (a new order per epoch).
     available: bool [num_records, len(MODALITIES)] from the index rows.
     modality_weights: float [len(MODALITIES)] stage weights.
     task_probs: float [len(TASKS)].
   """
   source: str
   records: Any
-  order: Any
-  epoch_length: int
+  order: sampling.EpochOrder
   available: np.ndarray
   modality_weights: np.ndarray
   task_probs: np.ndarray
@@ -129,9 +130,10 @@ class ExampleBuilder:
   options: ExampleOptions
   decode_fn: Callable[[bytes, str], dict]
 
-  def __call__(self, position: int, record_index: int) -> dict[str, np.ndarray]:
+  def __call__(self, position: int) -> dict[str, np.ndarray]:
     skipped = 0
     while True:
+      epoch, record_index = self.order.epoch_and_record(position)
       where = _describe(self.records, self.source, record_index)
       try:
         clip = self.decode_fn(self.records[record_index], where)
@@ -145,12 +147,11 @@ class ExampleBuilder:
                             f"{self.source!r}; the data looks broken, not just a few records")
         # Substitute the next record of the same stream, so the batch keeps its source balance.
         position += 1
-        record_index = int(self.order[position])
-    example = self._example(clip, position, record_index, where)
+    example = self._example(clip, epoch, record_index, where)
     example[SKIPPED_KEY] = np.int32(skipped)
     return example
 
-  def _example(self, clip: dict, position: int, record_index: int,
+  def _example(self, clip: dict, epoch: int, record_index: int,
                where: str) -> dict[str, np.ndarray]:
     if clip.get("source", self.source) != self.source:
       raise ValueError(f"{where}: record says source {clip['source']!r} but is stored under "
@@ -160,7 +161,7 @@ class ExampleBuilder:
     draw = sampling.draw_sample(
         self.available[record_index], self.modality_weights, self.task_probs, seed=self.seed,
         stage_index=self.stage_index, source=self.source,
-        epoch=position // self.epoch_length, record_index=record_index)
+        epoch=epoch, record_index=record_index)
     if draw.modality_id == constants.NO_MODALITY:
       modality_name = "none"
       modality_video = np.zeros(shape, np.uint8)
@@ -178,8 +179,8 @@ class ExampleBuilder:
       modality_video = modality_video[:, :, ::-1]
       caption = swap_left_right(caption)
     caption_tokens, caption_mask = text.tokenize([caption], self.options.caption_len)
-    prompt_tokens, prompt_mask = _prompt_tokens(
-        modality_name, clip.get("segmentation_targets"), self.options.prompt_len)
+    targets = clip.get("segmentation_targets") if modality_name == "segmentation" else None
+    prompt_tokens, prompt_mask = _prompt_tokens(modality_name, targets, self.options.prompt_len)
     return {
         "rgb": np.ascontiguousarray(rgb),
         "modality_video": np.ascontiguousarray(modality_video),

@@ -4,8 +4,8 @@ Shape of the pipeline (per process; decisions in `sampling.py`, per-sample work 
 
   for each source of the stage (constants.SOURCES order):
     index rows --curriculum filter--> kept record ids --[process_index::process_count]-->
-    grain.MapDataset.source(ids).shuffle(seed_s).repeat()        # new shuffle every epoch
-      .map_with_index(ExampleBuilder)                            # decode, validate, draw, tokenize
+    EpochOrder(ids, seed_s)                     # stream position -> record, new order per epoch
+    grain.MapDataset.range(inf).map(ExampleBuilder)     # decode, validate, draw, tokenize
   grain.MapDataset.mix(per_source, source_weights).batch(local_batch)
     .to_iter_dataset(ReadOptions)  [.mp_prefetch(workers)]  -> BatchIterator
 
@@ -35,6 +35,7 @@ Checkpointing the iterator with the train state (orbax):
 `it.get_state()` / `it.set_state(state)` give the same without orbax (a JSON-able dict).
 """
 
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import grain
@@ -106,15 +107,14 @@ def build_batch_dataset(
     kept = sampling.select_records(source_rows, plan)
     where = f"stage {plan.name!r} source {source!r}"
     local = sampling.shard_for_process(kept, process_index, process_count, where)
-    order = (grain.MapDataset.source(local.tolist())
-             .shuffle(seed=sampling.shuffle_seed(seed, stage_index, source))
-             .repeat())
+    order = sampling.EpochOrder(local, sampling.shuffle_seed(seed, stage_index, source))
     builder = examples.ExampleBuilder(
-        source=source, records=sources[source], order=order, epoch_length=len(local),
+        source=source, records=sources[source], order=order,
         available=sampling.availability_matrix(source_rows), modality_weights=modality_weights,
         task_probs=np.asarray(plan.task_probs), seed=seed, stage_index=stage_index,
         options=options, decode_fn=decode_fn)
-    per_source.append(order.map_with_index(builder))
+    # Position k of the infinite per-source stream (epoch k // len(local)).
+    per_source.append(grain.MapDataset.range(sys.maxsize).map(builder))
   weights = [counts[s] for s in plan.sources]
   mixed = grain.MapDataset.mix(per_source, weights) if len(per_source) > 1 else per_source[0]
   return mixed.batch(sum(weights), drop_remainder=True)
@@ -189,7 +189,7 @@ def pipeline_from_reader(reader: Any, config: Any, stage_index: int, *, process_
                      f"{list(reader.splits)}")
   plan = sampling.plan_from_config(config, stage_index)
   rows = sampling.rows_by_source(reader.index(split))
-  sources = {source: reader.source(split, source) for source in plan.sources}
+  sources = {source: reader.source(split, source, decode=False) for source in plan.sources}
   return build_batch_dataset(
       sources, rows, plan=plan, options=examples.options_from_config(config),
       global_batch=int(config.train.batch_size), seed=int(config.seed), stage_index=stage_index,

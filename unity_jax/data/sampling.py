@@ -141,16 +141,26 @@ def rows_by_source(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[
     if source not in grouped:
       raise ValueError(f"index row {row.get('id')!r} has unknown source {source!r}; expected "
                        f"one of {constants.SOURCES}")
+    if row.get("position", len(grouped[source])) != len(grouped[source]):
+      raise ValueError(f"index row {row.get('id')!r} has position {row['position']} but is row "
+                       f"{len(grouped[source])} of source {source!r}: rows must be in record order")
     grouped[source].append(row)
   return grouped
 
 
 def availability_matrix(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-  """bool [len(rows), len(constants.MODALITIES)]: modality m is available for record r."""
+  """bool [len(rows), len(constants.MODALITIES)]: modality m is available for record r.
+
+  A row's "available" is either {name: bool} (the clip contract) or a sequence of the available
+  names (OpenUniReader.index).
+  """
   matrix = np.zeros((len(rows), len(constants.MODALITIES)), bool)
   for r, row in enumerate(rows):
-    for name, present in row["available"].items():
-      matrix[r, constants.modality_id(name)] = bool(present)
+    available = row["available"]
+    names = ([n for n, present in available.items() if present]
+             if isinstance(available, Mapping) else available)
+    for name in names:
+      matrix[r, constants.modality_id(name)] = True
   return matrix
 
 
@@ -165,7 +175,8 @@ def allowed_modality_weights(plan: StagePlan) -> np.ndarray:
 def select_records(rows: Sequence[Mapping[str, Any]], plan: StagePlan) -> np.ndarray:
   """Applies the curriculum filters to one source's rows; returns int64 [N] kept record indices.
 
-  Filters: person_count <= plan.max_person_count, and (no_modality == "drop") at least one
+  Filters: person_count <= plan.max_person_count (unknown counts, -1, pass: the source group is
+  the primary person filter), and (no_modality == "drop") at least one
   available modality with a positive stage weight. The source filter is applied by the caller
   (sources absent from plan.sources are not read at all).
   """
@@ -194,9 +205,43 @@ def shard_for_process(indices: np.ndarray, process_index: int, process_count: in
 
 
 def shuffle_seed(seed: int, stage_index: int, source: str) -> int:
-  """uint32 shuffle seed of one source in one stage (grain adds the epoch to it)."""
+  """uint32 shuffle seed of one source in one stage."""
   sequence = np.random.SeedSequence([seed, stage_index, constants.source_id(source)])
   return int(sequence.generate_state(1)[0])
+
+
+class EpochOrder:
+  """Stream position -> record index: every epoch visits `records` once, in a fresh order.
+
+  Position k lies in epoch k // len(records). The permutation of an epoch is drawn from
+  (seed, epoch) and cached (a worker reads positions in increasing order, so two epochs
+  suffice). Unlike grain's index_shuffle, whose cost explodes for small sets (~5 ms per index
+  at 5 records), one permutation costs O(N) once per epoch.
+  """
+
+  def __init__(self, records: np.ndarray, seed: int):
+    if len(records) == 0:
+      raise ValueError("EpochOrder needs at least one record")
+    self.records = np.asarray(records, np.int64)
+    self.seed = int(seed)
+    self._cache: dict[int, np.ndarray] = {}
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getstate__(self) -> dict:
+    return {"records": self.records, "seed": self.seed, "_cache": {}}
+
+  def epoch_and_record(self, position: int) -> tuple[int, int]:
+    epoch, offset = divmod(int(position), len(self.records))
+    permutation = self._cache.get(epoch)
+    if permutation is None:
+      permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.records))
+      # Replaced, not mutated, so prefetch threads never see a dict change under them.
+      recent = {e: p for e, p in list(self._cache.items()) if e == epoch - 1}
+      recent[epoch] = permutation
+      self._cache = recent
+    return epoch, int(self.records[permutation[offset]])
 
 
 @dataclasses.dataclass(frozen=True)

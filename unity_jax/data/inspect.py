@@ -1,0 +1,158 @@
+"""`unity-data inspect`: what the training pipeline actually feeds, batch by batch.
+
+  unity-data inspect --data DIR --config configs/tiny.py[:smoke] [--stage N] [--batches K]
+                     [--json] [--sheet out.png]
+
+Prints per-batch counts by source, modality and task (a table, or JSON lines with --json) of
+the process-local batches `make_train_iterator` yields, and optionally writes a contact sheet
+PNG: one row per clip of the first batch, RGB frames | modality frames.
+"""
+
+import argparse
+import json
+import sys
+from typing import Iterable, Mapping, Sequence, TextIO
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from unity_jax import config as config_lib
+from unity_jax import constants
+from unity_jax.data import pipeline
+from unity_jax.data import sampling
+
+SHEET_FRAMES = 4
+SHEET_ROWS = 8
+SHEET_MIN_FRAME_HEIGHT = 64
+_LABEL_HEIGHT = 14
+_GAP = 6
+
+
+def _flat_names() -> list[tuple[str, str]]:
+  """(group, name) columns of the table, in a stable order."""
+  return ([("source", s) for s in constants.SOURCES]
+          + [("modality", m) for m in (*constants.MODALITIES, "none")]
+          + [("task", t) for t in constants.TASKS])
+
+
+def format_table_header() -> str:
+  groups = {"source": [], "modality": [], "task": []}
+  for group, name in _flat_names():
+    groups[group].append(name)
+  return "batch | " + " | ".join(" ".join(names) for names in groups.values())
+
+
+def format_table_row(label: str, counts: Mapping[str, Mapping[str, int]]) -> str:
+  cells = {"source": [], "modality": [], "task": []}
+  for group, name in _flat_names():
+    cells[group].append(f"{counts[group][name]:>{len(name)}d}")
+  return f"{label:>5} | " + " | ".join(" ".join(c) for c in cells.values())
+
+
+def report(batches: Iterable[Mapping[str, np.ndarray]], *, as_json: bool,
+           out: TextIO) -> dict[str, dict[str, int]]:
+  """Prints per-batch counts (table or JSON lines) and returns the totals."""
+  totals = {group: {name: 0 for g, name in _flat_names() if g == group}
+            for group in ("source", "modality", "task")}
+  if not as_json:
+    print(format_table_header(), file=out)
+  for index, batch in enumerate(batches):
+    counts = pipeline.batch_counts(batch)
+    for group, values in counts.items():
+      for name, value in values.items():
+        totals[group][name] += value
+    if as_json:
+      print(json.dumps({"batch": index, **counts}), file=out)
+    else:
+      print(format_table_row(str(index), counts), file=out)
+  if not as_json:
+    print(format_table_row("total", totals), file=out)
+  return totals
+
+
+def contact_sheet(batch: Mapping[str, np.ndarray], *, rows: int = SHEET_ROWS,
+                  frames: int = SHEET_FRAMES) -> Image.Image:
+  """A PIL image: per clip a label line, then `frames` RGB frames | the same modality frames."""
+  count = min(rows, len(batch["rgb"]))
+  num_frames, height, width = batch["rgb"].shape[1:4]
+  picks = np.unique(np.linspace(0, num_frames - 1, min(frames, num_frames)).round().astype(int))
+  scale = max(1, -(-SHEET_MIN_FRAME_HEIGHT // height))
+  cell_h, cell_w = height * scale, width * scale
+  row_w = 2 * len(picks) * cell_w + _GAP
+  sheet = Image.new("RGB", (row_w, count * (cell_h + _LABEL_HEIGHT)), (32, 32, 32))
+  draw = ImageDraw.Draw(sheet)
+  for row in range(count):
+    top = row * (cell_h + _LABEL_HEIGHT)
+    modality = int(batch["modality_id"][row])
+    label = " | ".join((constants.SOURCES[int(batch["source_id"][row])],
+                        constants.MODALITIES[modality] if modality >= 0 else "none (RGB only)",
+                        constants.TASKS[int(batch["task_id"][row])]))
+    draw.text((2, top + 1), label, fill=(255, 255, 255))
+    for column, frame in enumerate(picks):
+      for stream, key in enumerate(("rgb", "modality_video")):
+        image = Image.fromarray(batch[key][row, frame]).resize((cell_w, cell_h), Image.NEAREST)
+        left = stream * (len(picks) * cell_w + _GAP) + column * cell_w
+        sheet.paste(image, (left, top + _LABEL_HEIGHT))
+  return sheet
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="unity-data inspect",
+      description="Per-batch source/modality/task counts of the training pipeline.")
+  parser.add_argument("--data", required=True, help="OpenUni data directory")
+  parser.add_argument("--config", required=True, help="configs/NAME.py[:ARGS]")
+  parser.add_argument("--stage", type=int, default=0, help="curriculum stage index (default 0)")
+  parser.add_argument("--batches", type=int, default=4, help="batches to read (default 4)")
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--workers", type=int, default=None,
+                      help="override config.data.worker_count (0 = decode in this process)")
+  parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+  parser.add_argument("--sheet", default=None, help="write a contact sheet PNG of batch 0")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+  """Runs `unity-data inspect` with `argv` (without the program/subcommand names)."""
+  args = _parser().parse_args(argv)
+  out = out or sys.stdout
+  if args.batches < 1:
+    raise SystemExit(f"--batches must be >= 1, got {args.batches}")
+  config = config_lib.load_config(args.config)
+  config.data.dir = args.data
+  if args.workers is not None:
+    config.data.worker_count = args.workers
+  plan = sampling.plan_from_config(config, args.stage)
+  counts = sampling.per_batch_counts(plan, int(config.train.batch_size), 1)
+  if not args.json:
+    print(f"stage {args.stage} {plan.name!r}, split {args.split!r}: batch "
+          f"{config.train.batch_size} = " + " + ".join(f"{n} {s}" for s, n in counts.items()),
+          file=out)
+  iterator = pipeline.make_train_iterator(config, args.stage, split=args.split)
+  first_batch = []
+
+  def batches():
+    for index in range(args.batches):
+      batch = next(iterator)
+      if index == 0:
+        first_batch.append(batch)
+      yield batch
+
+  try:
+    report(batches(), as_json=args.json, out=out)
+    skipped = iterator.skipped_corrupt
+  finally:
+    iterator.close()
+  if args.json:
+    print(json.dumps({"skipped_corrupt": skipped}), file=out)
+  else:
+    print(f"skipped corrupt records: {skipped}", file=out)
+  if args.sheet:
+    contact_sheet(first_batch[0]).save(args.sheet)
+    if not args.json:
+      print(f"contact sheet: {args.sheet}", file=out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
