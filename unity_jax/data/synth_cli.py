@@ -1,0 +1,118 @@
+"""`unity-data synth`: procedural synthetic clips written as OpenUni shards.
+
+Clip i gets source SOURCES[i % 4] (so sources are equal) and a seed derived from (--seed, i)
+alone, so the data does not depend on --workers or on resuming. Workers generate and encode;
+the main process only appends record bytes. A run that dies is resumed by running the same
+command again: clips already in complete staged shards are not generated again.
+"""
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from unity_jax import constants
+from unity_jax.data import record as record_lib
+from unity_jax.data import workers as workers_lib
+from unity_jax.data import writer as writer_lib
+
+
+def add_video_shape_arguments(parser: argparse.ArgumentParser, default_size: int) -> None:
+  """--frames, --size H W, --height, --width (shared by synth and convert)."""
+  parser.add_argument("--frames", type=int, default=17,
+                      help="frames per clip, 4k+1 (the video VAE's temporal stride is 4)")
+  parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                      help=f"frame height and width (default {default_size} {default_size})")
+  parser.add_argument("--height", type=int, help="frame height (alternative to --size)")
+  parser.add_argument("--width", type=int, help="frame width (alternative to --size)")
+
+
+def video_shape(args: argparse.Namespace, default_size: int) -> tuple[int, int, int]:
+  """Returns (T, H, W) from parsed arguments, or raises ValueError saying what is wrong."""
+  if args.size and (args.height or args.width):
+    raise ValueError("give either --size H W or --height/--width, not both")
+  height, width = args.size or (args.height or default_size, args.width or default_size)
+  if args.frames < 1 or (args.frames - 1) % 4:
+    raise ValueError(f"--frames must be 4k+1 (1, 5, 9, 13, 17, ...), got {args.frames}")
+  if height < 1 or width < 1:
+    raise ValueError(f"frame size must be positive, got {height}x{width}")
+  return args.frames, height, width
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--out", required=True, help="OpenUni data directory to write")
+  parser.add_argument("--clips", type=int, default=64, help="number of clips")
+  parser.add_argument("--seed", type=int, default=0, help="base seed")
+  parser.add_argument("--split", choices=("train", "eval"), default="train")
+  add_video_shape_arguments(parser, default_size=64)
+  parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                      help="generator processes (<= 1 generates in this process)")
+  parser.add_argument("--with-gt", action=argparse.BooleanOptionalAction, default=None,
+                      help="store raw ground truth (default: only for --split eval)")
+  parser.add_argument("--clips-per-shard", type=int, default=writer_lib.DEFAULT_CLIPS_PER_SHARD)
+  parser.add_argument("--video-codec", choices=record_lib.CODECS,
+                      default=record_lib.DEFAULT_VIDEO_CODEC)
+  parser.add_argument("--no-resume", action="store_true",
+                      help="discard staged shards of an interrupted run instead of resuming")
+
+
+def clip_seed(seed: int, index: int) -> int:
+  """The generator seed of clip `index`: a function of (seed, index) only."""
+  return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def clip_source(index: int) -> str:
+  return constants.SOURCES[index % len(constants.SOURCES)]
+
+
+def _generate_record(task: tuple) -> tuple[int, bytes]:
+  """Worker: generates clip `index` and returns its encoded record."""
+  index, seed, frames, height, width, with_gt, video_codec = task
+  from unity_jax.data.synthetic import generate_clip  # pylint: disable=g-import-not-at-top
+  clip = dict(generate_clip(clip_seed(seed, index), clip_source(index), num_frames=frames,
+                            height=height, width=width))
+  if not with_gt:
+    clip.pop("gt", None)
+  elif not clip.get("gt"):
+    raise ValueError(f"generate_clip returned no 'gt' for clip {index}, but --with-gt is set")
+  return index, record_lib.encode_record(clip, video_codec, where=f"synthetic clip {index}")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Generates and writes the clips; returns a summary (also printed by the CLI)."""
+  frames, height, width = video_shape(args, default_size=64)
+  if args.clips < 0:
+    raise ValueError(f"--clips must be >= 0, got {args.clips}")
+  with_gt = args.split == "eval" if args.with_gt is None else args.with_gt
+  try:
+    from unity_jax.data.synthetic import generate_clip  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as error:
+    raise RuntimeError("the synthetic world (unity_jax.data.synthetic.generate_clip) is not "
+                       f"available: {error}") from None
+  signature = {"command": "synth", "clips": args.clips, "seed": args.seed, "frames": frames, "height": height,
+               "width": width, "with_gt": with_gt, "video_codec": args.video_codec}
+  started = time.perf_counter()
+  with writer_lib.SplitWriter(args.out, args.split, args.clips_per_shard,
+                              resume=not args.no_resume, signature=signature,
+                              video_codec=args.video_codec) as writer:
+    done = writer.completed_keys
+    tasks = [(i, args.seed, frames, height, width, with_gt, args.video_codec)
+             for i in range(args.clips) if f"synth-{i}" not in done]
+    for index, data in workers_lib.imap_ordered(_generate_record, tasks, args.workers):
+      writer.add_record(data, key=f"synth-{index}")
+  seconds = time.perf_counter() - started
+  return {"out": args.out, "split": args.split, "clips": writer.entry["num_records"],
+          "generated": len(tasks), "resumed": args.clips - len(tasks),
+          "per_source": writer.entry["counts"]["source"], "with_gt": with_gt,
+          "shape": [frames, height, width], "shards": len(writer.entry["shards"]),
+          "seconds": round(seconds, 2),
+          "clips_per_second": round(len(tasks) / seconds, 2) if seconds > 0 else None}
+
+
+def main(args: argparse.Namespace) -> int:
+  summary = run(args)
+  print(json.dumps(summary))
+  return 0
