@@ -1,7 +1,9 @@
 """`unity-data synth`: procedural synthetic clips written as OpenUni shards.
 
-Clip i gets source SOURCES[i % 4] (so sources are equal) and a seed derived from (--seed, i)
-alone, so the data does not depend on --workers or on resuming. Workers generate and encode;
+Clip i gets source SOURCES[i % 4] (so sources are equal) and the per-source scene seed
+--seed + i // 4, moved into the generator's held-out range (synthetic.eval_seed) for
+--split eval: the data depends on (--seed, i, split) alone, not on --workers or resuming, and
+eval scenes never repeat training scenes. Workers generate and encode;
 the main process only appends record bytes. A run that dies is resumed by running the same
 command again: clips already in complete staged shards are not generated again.
 """
@@ -11,8 +13,6 @@ import json
 import os
 import time
 from typing import Any
-
-import numpy as np
 
 from unity_jax import constants
 from unity_jax.data import record as record_lib
@@ -59,9 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="discard staged shards of an interrupted run instead of resuming")
 
 
-def clip_seed(seed: int, index: int) -> int:
-  """The generator seed of clip `index`: a function of (seed, index) only."""
-  return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+def clip_seed(seed: int, index: int, split: str) -> int:
+  """The generator seed of clip `index` (seeds are per source, so ids stay unique)."""
+  from unity_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  scene = seed + index // len(constants.SOURCES)
+  if not 0 <= scene < synthetic.EVAL_SEED_OFFSET:
+    raise ValueError(f"--seed {seed} with {index + 1} clips leaves the training seed range "
+                     f"[0, {synthetic.EVAL_SEED_OFFSET})")
+  return synthetic.eval_seed(scene) if split == "eval" else scene
 
 
 def clip_source(index: int) -> str:
@@ -70,10 +75,10 @@ def clip_source(index: int) -> str:
 
 def _generate_record(task: tuple) -> tuple[int, bytes]:
   """Worker: generates clip `index` and returns its encoded record."""
-  index, seed, frames, height, width, with_gt, video_codec = task
+  index, seed, split, frames, height, width, with_gt, video_codec = task
   from unity_jax.data.synthetic import generate_clip  # pylint: disable=g-import-not-at-top
-  clip = dict(generate_clip(clip_seed(seed, index), clip_source(index), num_frames=frames,
-                            height=height, width=width))
+  clip = dict(generate_clip(clip_seed(seed, index, split), clip_source(index),
+                            num_frames=frames, height=height, width=width))
   if not with_gt:
     clip.pop("gt", None)
   elif not clip.get("gt"):
@@ -92,6 +97,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   except ImportError as error:
     raise RuntimeError("the synthetic world (unity_jax.data.synthetic.generate_clip) is not "
                        f"available: {error}") from None
+  if args.clips:
+    clip_seed(args.seed, args.clips - 1, args.split)  # Range check before any work.
   signature = {"command": "synth", "clips": args.clips, "seed": args.seed, "frames": frames, "height": height,
                "width": width, "with_gt": with_gt, "video_codec": args.video_codec}
   started = time.perf_counter()
@@ -99,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               resume=not args.no_resume, signature=signature,
                               video_codec=args.video_codec) as writer:
     done = writer.completed_keys
-    tasks = [(i, args.seed, frames, height, width, with_gt, args.video_codec)
+    tasks = [(i, args.seed, args.split, frames, height, width, with_gt, args.video_codec)
              for i in range(args.clips) if f"synth-{i}" not in done]
     for index, data in workers_lib.imap_ordered(_generate_record, tasks, args.workers):
       writer.add_record(data, key=f"synth-{index}")
