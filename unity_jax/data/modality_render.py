@@ -187,14 +187,15 @@ def _render_segmentation(instance: np.ndarray) -> np.ndarray:
   return SEGMENTATION_PALETTE[instance]
 
 
-def _draw_squares(frame, centres, radius, colours):
-  """Paints (2r+1)^2 squares at int centres [n, 2] (x, y) with colours [n, 3], clipped."""
+def _draw_squares(video, frames, centres, radius, colours):
+  """Paints (2r+1)^2 squares on video [T, H, W, 3] at int (x, y) centres [n, 2] of frames [n]."""
   span = np.arange(-radius, radius + 1)
-  dx, dy = np.meshgrid(span, span)
-  xs = centres[:, 0, None] + dx.ravel()
-  ys = centres[:, 1, None] + dy.ravel()
-  inside = (xs >= 0) & (xs < frame.shape[1]) & (ys >= 0) & (ys < frame.shape[0])
-  frame[ys[inside], xs[inside]] = np.broadcast_to(colours[:, None], xs.shape + (3,))[inside]
+  dx, dy = (offset.ravel() for offset in np.meshgrid(span, span))
+  xs, ys = centres[:, 0, None] + dx, centres[:, 1, None] + dy
+  inside = (xs >= 0) & (xs < video.shape[2]) & (ys >= 0) & (ys < video.shape[1])
+  frames = np.broadcast_to(frames[:, None], xs.shape)
+  video[frames[inside], ys[inside], xs[inside]] = np.broadcast_to(
+      colours[:, None], xs.shape + (3,))[inside]
 
 
 def _render_skeleton(keypoints: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -205,24 +206,23 @@ def _render_skeleton(keypoints: np.ndarray, height: int, width: int) -> np.ndarr
     raise ValueError(f"skeleton: at most {MAX_SKELETON_PERSONS} persons can be drawn, got "
                      f"{keypoints.shape[1]}")
   video = np.zeros((len(keypoints), height, width, 3), np.uint8)
-  line_radius, dot_radius = _skeleton_line_radius(height, width), skeleton_dot_radius(height, width)
   limbs = np.asarray(COCO_LIMBS)
-  visible = keypoints[..., 2] > 0.5
-  steps = np.linspace(0.0, 1.0, 2 * (height + width))[:, None]  # > 2 samples per pixel
-  for frame_index, frame in enumerate(video):
-    for person in range(keypoints.shape[1]):
-      points = keypoints[frame_index, person, :, :2]
-      drawn = visible[frame_index, person][limbs].all(-1)
-      for limb in np.nonzero(drawn)[0]:
-        start, end = points[limbs[limb]]
-        samples = round_to_pixel(start + steps * (end - start))
-        samples = np.unique(samples, axis=0)
-        colours = np.broadcast_to(SKELETON_LIMB_COLOURS[limb], samples.shape[:1] + (3,))
-        _draw_squares(frame, samples, line_radius, colours)
-    for person in range(keypoints.shape[1]):
-      joints = np.nonzero(visible[frame_index, person])[0]
-      centres = round_to_pixel(keypoints[frame_index, person, joints, :2])
-      _draw_squares(frame, centres, dot_radius, SKELETON_JOINT_COLOURS[person, joints])
+  visible = keypoints[..., 2] > 0.5  # [T, P, 17]
+  # Limbs (both ends visible) first, as lines sampled at least twice per pixel of length.
+  drawn = visible[..., limbs].all(-1)  # [T, P, 19]
+  frames, _, limb_ids = np.nonzero(drawn)
+  ends = keypoints[..., :2][:, :, limbs][drawn]  # [L, 2 ends, 2]
+  if len(ends):
+    longest = np.abs(ends[:, 1] - ends[:, 0]).max()
+    steps = np.linspace(0.0, 1.0, 2 * int(np.ceil(min(longest, 4 * (height + width)))) + 2)
+    samples = ends[:, None, 0] + steps[:, None] * (ends[:, None, 1] - ends[:, None, 0])
+    _draw_squares(video, np.repeat(frames, len(steps)),
+                  round_to_pixel(samples.reshape(-1, 2)), _skeleton_line_radius(height, width),
+                  np.repeat(SKELETON_LIMB_COLOURS[limb_ids], len(steps), axis=0))
+  # Then joint dots, in (frame, person, joint) order.
+  frames, persons, joints = np.nonzero(visible)
+  _draw_squares(video, frames, round_to_pixel(keypoints[frames, persons, joints, :2]),
+                skeleton_dot_radius(height, width), SKELETON_JOINT_COLOURS[persons, joints])
   return video
 
 

@@ -27,57 +27,59 @@ _AMBIENT = 0.35
 _GROUND, _SKY = -1, -2
 
 
-def _side_hits(origin, direction, radius):
-  """Hits of rays with infinite y-axis cylinders: origin [k,3], direction [N,k,3], radius [k]."""
-  a = 1.0 - direction[..., 1] ** 2
-  b = origin[:, 0] * direction[..., 0] + origin[:, 2] * direction[..., 2]
-  c = origin[:, 0] ** 2 + origin[:, 2] ** 2 - radius ** 2
+# Ray-shape tests run in each shape's local frame on arrays laid out [k shapes, N rays]:
+# origin o float [k, 3, 1] (all rays start at the camera), unit directions d float [k, 3, N].
+# They return distances along the rays float [k, N], inf on a miss.
+
+
+def _side_hits(o, d, radius):
+  """Rays against infinite y-axis cylinders: (t, height at t, hit mask), each [k, N]."""
+  a = 1.0 - d[:, 1] ** 2
+  b = o[:, 0] * d[:, 0] + o[:, 2] * d[:, 2]
+  c = o[:, 0] ** 2 + o[:, 2] ** 2 - radius[:, None] ** 2
   disc = b * b - a * c
   with np.errstate(divide="ignore", invalid="ignore"):
     t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
-  height = origin[:, 1] + t * direction[..., 1]
+  height = o[:, 1] + t * d[:, 1]
   return t, height, (disc >= 0) & (a > 1e-12) & (t > NEAR)
 
 
-def _hit_spheres(origin, direction, size):
-  """Distances along unit rays to spheres at the local origin (inf on a miss): [N, k]."""
-  b = np.einsum("nki,ki->nk", direction, origin)
-  c = np.sum(origin * origin, -1) - size[:, 0] ** 2
+def _hit_spheres(o, d, size):
+  b = (o * d).sum(1)
+  c = (o * o).sum(1) - size[:, :1] ** 2
   disc = b * b - c
   t = -b - np.sqrt(np.maximum(disc, 0.0))
   return np.where((disc >= 0) & (t > NEAR), t, np.inf)
 
 
-def _hit_capsules(origin, direction, size):
+def _hit_capsules(o, d, size):
   """A capsule is the union of its side and two end balls, so its hit is the nearest of them."""
   radius, length = size[:, 0], size[:, 1]
-  t, height, ok = _side_hits(origin, direction, radius)
-  side = np.where(ok & (height >= 0) & (height <= length), t, np.inf)
-  end_offset = np.stack([np.zeros_like(length), length, np.zeros_like(length)], -1)
-  return np.minimum(side, np.minimum(_hit_spheres(origin, direction, size),
-                                     _hit_spheres(origin - end_offset, direction, size)))
+  t, height, ok = _side_hits(o, d, radius)
+  side = np.where(ok & (height >= 0) & (height <= length[:, None]), t, np.inf)
+  end = o - np.stack([np.zeros_like(length), length, np.zeros_like(length)], -1)[..., None]
+  return np.minimum(side, np.minimum(_hit_spheres(o, d, size), _hit_spheres(end, d, size)))
 
 
-def _hit_boxes(origin, direction, size):
+def _hit_boxes(o, d, size):
   with np.errstate(divide="ignore", invalid="ignore"):
-    t1 = (-size - origin) / direction
-    t2 = (size - origin) / direction
-  t_near = np.max(np.minimum(t1, t2), -1)
-  t_far = np.min(np.maximum(t1, t2), -1)
+    t1 = (-size[..., None] - o) / d
+    t2 = (size[..., None] - o) / d
+  t_near = np.minimum(t1, t2).max(1)
+  t_far = np.maximum(t1, t2).min(1)
   return np.where((t_near <= t_far) & (t_near > NEAR), t_near, np.inf)
 
 
-def _hit_cylinders(origin, direction, size):
-  radius, half_height = size[:, 0], size[:, 1]
-  t, height, ok = _side_hits(origin, direction, radius)
+def _hit_cylinders(o, d, size):
+  radius, half_height = size[:, 0, None], size[:, 1, None]
+  t, height, ok = _side_hits(o, d, size[:, 0])
   side = np.where(ok & (np.abs(height) <= half_height), t, np.inf)
   # Only the cap facing the camera can be hit first, and only from beyond its plane.
-  cap_height = np.sign(origin[:, 1]) * half_height
+  cap_height = np.sign(o[:, 1]) * half_height
   with np.errstate(divide="ignore", invalid="ignore"):
-    t_cap = (cap_height - origin[:, 1]) / direction[..., 1]
-  cap_x = origin[:, 0] + t_cap * direction[..., 0]
-  cap_z = origin[:, 2] + t_cap * direction[..., 2]
-  cap_ok = ((np.abs(origin[:, 1]) > half_height) & (t_cap > NEAR)
+    t_cap = (cap_height - o[:, 1]) / d[:, 1]
+  cap_x, cap_z = o[:, 0] + t_cap * d[:, 0], o[:, 2] + t_cap * d[:, 2]
+  cap_ok = ((np.abs(o[:, 1]) > half_height) & (t_cap > NEAR)
             & (cap_x ** 2 + cap_z ** 2 <= radius ** 2))
   return np.minimum(side, np.where(cap_ok, t_cap, np.inf))
 
@@ -86,22 +88,21 @@ _HIT_FUNCTIONS = {prim.SPHERE: _hit_spheres, prim.CAPSULE: _hit_capsules, prim.B
                   prim.CYLINDER: _hit_cylinders}
 
 
-def _nearest_hits(primitives, frame, origin, directions):
+def nearest_hits(primitives, frame, origin, directions):
   """Nearest hit per ray: (distance float [N], shape index int [N]; _GROUND / _SKY)."""
   count = primitives.count
-  distances = np.full((len(directions), count + 1), np.inf)
+  distances = np.full((count + 1, len(directions)), np.inf)
   with np.errstate(divide="ignore", invalid="ignore"):
     t_ground = -origin[1] / directions[:, 1]
-  distances[:, count] = np.where((directions[:, 1] < 0) & (t_ground > NEAR), t_ground, np.inf)
+  distances[count] = np.where((directions[:, 1] < 0) & (t_ground > NEAR), t_ground, np.inf)
   for kind, hit in _HIT_FUNCTIONS.items():
     members = np.nonzero(primitives.kind == kind)[0]
     if len(members):
-      rotation = primitives.rotation[frame, members]  # local -> world
-      local_origin = np.einsum("kji,kj->ki", rotation, origin - primitives.translation[frame, members])
-      local_dirs = np.einsum("nj,kji->nki", directions, rotation)
-      distances[:, members] = hit(local_origin, local_dirs, primitives.size[members])
-  nearest = np.argmin(distances, axis=1)
-  distance = distances[np.arange(len(directions)), nearest]
+      to_local = primitives.rotation[frame, members].transpose(0, 2, 1)  # world -> local
+      local_origin = to_local @ (origin - primitives.translation[frame, members])[..., None]
+      distances[members] = hit(local_origin, to_local @ directions.T, primitives.size[members])
+  nearest = np.argmin(distances, axis=0)
+  distance = distances[nearest, np.arange(len(directions))]
   index = np.where(nearest == count, _GROUND, nearest)
   return distance, np.where(np.isinf(distance), _SKY, index)
 
@@ -128,21 +129,36 @@ def _local_normals(kind, size, point):
   return prim.normalize(normal)
 
 
-def _pattern(pattern, scale, size, point):
-  """Which albedo (0 or 1) each local hit point takes: int [n]."""
+def _contrast(cell_size, footprint):
+  """Texture contrast kept at a pixel: 1 for cells >= 2 pixels wide, fading to 0 below 2/3 px.
+
+  A cheap stand-in for mip-mapping: textures finer than a pixel would alias into noise that
+  flickers under motion, so they fade to their mean colour instead.
+  """
+  cell_pixels = cell_size / np.maximum(footprint, 1e-9)
+  return np.clip((cell_pixels - 2 / 3) / (2 - 2 / 3), 0.0, 1.0)
+
+
+def _pattern(pattern, scale, size, point, footprint):
+  """Weight of the second albedo at each local hit point, float [n] in [0, 1].
+
+  footprint: float [n], metres of surface covered by one pixel at the hit.
+  """
   cells = np.floor(point / scale[:, None]).astype(np.int64)
   azimuth = np.arctan2(point[:, 2], point[:, 0]) / (2 * np.pi) + 0.5
   radius = size[:, 0]
-  choices = {
-      prim.STRIPES: cells[:, 1] % 2,
-      prim.CHECKER: cells.sum(-1) % 2,
-      prim.SECTORS: np.floor(azimuth * scale).astype(np.int64) % 2,
-      prim.HAIR: ((point[:, 1] > 0.35 * radius) | (point[:, 2] < -0.3 * radius)).astype(np.int64),
+  sector_size = 2 * np.pi * radius / np.maximum(scale, 1.0)
+  choices = {  # pattern -> (0/1 value, cell size in metres)
+      prim.STRIPES: (cells[:, 1] % 2, scale),
+      prim.CHECKER: (cells.sum(-1) % 2, scale),
+      prim.SECTORS: (np.floor(azimuth * scale).astype(np.int64) % 2, sector_size),
+      prim.HAIR: ((point[:, 1] > 0.35 * radius) | (point[:, 2] < -0.3 * radius), radius),
   }
-  selected = np.zeros(len(point), np.int64)
-  for kind, value in choices.items():
-    selected = np.where(pattern == kind, value, selected)
-  return selected
+  weight = np.zeros(len(point))
+  for kind, (value, cell_size) in choices.items():
+    filtered = 0.5 + (value - 0.5) * _contrast(cell_size, footprint)
+    weight = np.where(pattern == kind, filtered, weight)
+  return weight
 
 
 def _parts_and_uv(primitives, index, point):
@@ -173,19 +189,21 @@ def _sky_colour(scene, directions):
   return horizon + (zenith - horizon) * elevation[:, None] ** 0.6 + clouds[:, None]
 
 
-def _ground_albedo(scene, point):
+def _ground_albedo(scene, point, footprint):
   cells = np.floor(point[:, [0, 2]] / scene.ground_tile).astype(np.int64)
-  albedo = scene.ground_colours[cells.sum(-1) % 2]
+  weight = 0.5 + ((cells.sum(-1) % 2) - 0.5) * _contrast(scene.ground_tile, footprint)
+  first, second = scene.ground_colours
+  albedo = first + weight[:, None] * (second - first)
   variation = 1.0 + 0.08 * np.sin(0.9 * point[:, 0]) * np.sin(1.3 * point[:, 2])
   return albedo * variation[:, None]
 
 
-def _render_frame(scene, frame, rays_camera, pixel_xy):
+def _render_frame(scene, frame, rays_camera, pixel_xy, shaded):
   """All per-pixel outputs of one frame, flattened over pixels."""
   camera, primitives = scene.camera, scene.primitives
   origin = camera.position[frame]
   rays_world = rays_camera @ camera.rotation[frame]  # rows: R^T d
-  distance, index = _nearest_hits(primitives, frame, origin, rays_world)
+  distance, index = nearest_hits(primitives, frame, origin, rays_world)
   depth = distance * rays_camera[:, 2]
   index = np.where(depth > FAR_DEPTH, _SKY, index)
   sky, ground, shape = index == _SKY, index == _GROUND, index >= 0
@@ -199,7 +217,12 @@ def _render_frame(scene, frame, rays_camera, pixel_xy):
   uv = np.zeros((num_pixels, 2))
   normal = np.tile([0.0, 1.0, 0.0], (num_pixels, 1))
   albedo = np.zeros((num_pixels, 3))
-  albedo[ground] = _ground_albedo(scene, point[ground])
+  # Surface length seen by one pixel: depth / focal, stretched on surfaces seen at a slant.
+  def footprint(normals, where):
+    slant = np.maximum(np.abs(np.sum(normals * rays_world[where], -1)), 0.05)
+    return depth[where] / camera.focal / slant
+
+  albedo[ground] = _ground_albedo(scene, point[ground], footprint(normal[ground], ground))
   next_point = point.copy()  # ground and sky are static
 
   hit = index[shape]
@@ -207,14 +230,17 @@ def _render_frame(scene, frame, rays_camera, pixel_xy):
   local = np.einsum("nji,nj->ni", rotation, point[shape] - primitives.translation[frame, hit])
   kind, size = primitives.kind[hit], primitives.size[hit]
   normal[shape] = np.einsum("nij,nj->ni", rotation, _local_normals(kind, size, local))
-  choice = _pattern(primitives.pattern[hit], primitives.pattern_scale[hit], size, local)
-  albedo[shape] = primitives.colour[hit, choice]
+  weight = _pattern(primitives.pattern[hit], primitives.pattern_scale[hit], size, local,
+                    footprint(normal[shape], shape))[:, None]
+  colours = primitives.colour[hit]
+  albedo[shape] = colours[:, 0] + weight * (colours[:, 1] - colours[:, 0])
   instance[shape] = primitives.instance[hit]
   semantic[shape] = primitives.semantic[hit]
   part[shape], uv[shape] = _parts_and_uv(primitives, hit, local)
 
-  shading = _AMBIENT + (1 - _AMBIENT) * np.maximum(0.0, normal @ scene.light)
-  colour = np.where(sky[:, None], _sky_colour(scene, rays_world), albedo * shading[:, None])
+  shading = _AMBIENT + (1 - _AMBIENT) * np.maximum(0.0, normal @ scene.light) if shaded else 1.0
+  colour = np.where(sky[:, None], _sky_colour(scene, rays_world),
+                    albedo * np.reshape(shading, (-1, 1)))
 
   flow = np.zeros((num_pixels, 2))
   if frame + 1 < len(scene.times):
@@ -261,8 +287,11 @@ def _keypoints(scene, depth, instance):
   return out
 
 
-def render_scene(scene: world.Scene) -> dict[str, np.ndarray]:
+def render_scene(scene: world.Scene, shaded: bool = True) -> dict[str, np.ndarray]:
   """Renders RGB and ground truth for every frame of `scene`.
+
+  `shaded=False` renders bare albedo (texture without lighting): a surface point then keeps its
+  colour exactly as it moves, which isolates flow errors from shading changes in tests.
 
   Returns a dict with rgb uint8 [T, H, W, 3], depth float32 [T, H, W] (camera z, metres; sky =
   FAR_DEPTH), flow float32 [T, H, W, 2] (dx, dy pixels), instance int32 [T, H, W], semantic
@@ -272,7 +301,8 @@ def render_scene(scene: world.Scene) -> dict[str, np.ndarray]:
   camera = scene.camera
   shape = (len(scene.times), camera.height, camera.width)
   rays_camera, pixel_xy = pixel_rays(camera)
-  frames = [_render_frame(scene, frame, rays_camera, pixel_xy) for frame in range(shape[0])]
+  frames = [_render_frame(scene, frame, rays_camera, pixel_xy, shaded)
+            for frame in range(shape[0])]
   stacked = {key: np.stack([f[key] for f in frames]) for key in frames[0]}
   out = {
       "rgb": np.clip(np.round(stacked["rgb"] * 255), 0, 255).astype(np.uint8).reshape(*shape, 3),

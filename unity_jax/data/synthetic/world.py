@@ -2,7 +2,7 @@
 
 `sample_scene(seed, source, ...)` is deterministic: it draws everything from
 `np.random.default_rng([seed, source_id(source)])`. Scenes per source group:
-  single_person    one person (walk / jog / wave) and 0-2 objects, camera 4.5-7 m away.
+  single_person    one person (walk / jog / wave) and 0-2 objects, camera 3.8-5.5 m away.
   two_person       two people and 0-2 objects.
   general          2-5 objects (balls, boxes, cylinders), no people.
   subject_centric  one subject (a person, or a large object) 2-3 m from the camera, which
@@ -146,7 +146,7 @@ def _sample_object(rng: np.random.Generator, noun: str, instance: int, centre: n
     lift = lift + rng.uniform(0.3, 0.7) * np.abs(np.sin(np.pi * 1.2 * times + rng.uniform(0, 3)))
     rotation = prim.axis_angle(rng.normal(size=3), rng.uniform(1, 3) * times) @ initial
   elif action == "spins":
-    rate = rng.choice([-1, 1]) * rng.uniform(1.5, 3.0)
+    rate = rng.choice([-1, 1]) * rng.uniform(0.8, 2.0)
     rotation = prim.rotation_y(rate * times) @ initial
   translation[:, 1] = lift
   shape = prim.Shape(
@@ -154,14 +154,17 @@ def _sample_object(rng: np.random.Generator, noun: str, instance: int, centre: n
       rotation=rotation, translation=translation, instance=instance,
       semantic=prim.SEMANTIC_ID[noun], colour=(colour, secondary), pattern=pattern,
       pattern_scale=pattern_scale)
-  adjective = f"large {colour_name}" if scale > 1 else colour_name
+  adjective = f"large {colour_name}" if scale >= 1.5 else colour_name
   description = f"{_article(adjective)} {adjective} {noun}"
   return shape, Entity(instance, noun, description, action, translation)
 
 
 def _person(rng: np.random.Generator, instance: int, mid: np.ndarray, times: np.ndarray,
-            gait_weights: tuple[float, float, float] = (0.55, 0.2, 0.25)):
-  """A person passing through `mid` (x, z) mid-clip: (PersonSpec, shapes, keypoints, Entity)."""
+            gait_weights: tuple[float, float, float]):
+  """A person passing through `mid` (x, z) mid-clip: (PersonSpec, shapes, keypoints, Entity).
+
+  gait_weights: probabilities of people.GAITS (walk, jog, wave).
+  """
   gait = people.GAITS[rng.choice(3, p=gait_weights)]
   palette = {k: v for k, v in COLOURS.items() if k != "grey"}
   spec = people.sample_person(rng, instance, gait, palette)
@@ -254,11 +257,11 @@ def sample_scene(seed: int, source: str, num_frames: int = 17, height: int = 64,
   times = np.arange(num_frames) / FPS
   shapes, entities, keypoints = [], [], []
   target_height, fov_range = 0.85, (50.0, 65.0)
-  distance_range, height_range = (4.5, 7.0), (1.2, 2.2)
+  distance_range, height_range = (3.8, 5.5), (1.2, 2.2)
   motion = CAMERA_MOTIONS[rng.integers(len(CAMERA_MOTIONS))]
   follow = None  # entity path the camera follows (subject-centric movers)
 
-  def add_person(mid, gait_weights=(0.55, 0.2, 0.25)):
+  def add_person(mid, gait_weights):
     _, person_shapes, person_keypoints, entity = _person(
         rng, len(entities) + 1, mid, times, gait_weights)
     shapes.extend(person_shapes)
@@ -273,13 +276,13 @@ def sample_scene(seed: int, source: str, num_frames: int = 17, height: int = 64,
       entities.append(entity)
 
   if source in ("single_person", "two_person"):
-    mids = _place(rng, 1 if source == "single_person" else 2, (0.0, 1.2), [], 1.3)
+    mids = _place(rng, 1 if source == "single_person" else 2, (0.0, 1.0), [], 1.3)
     for mid in mids:
-      add_person(mid)
+      add_person(mid, gait_weights=(0.6, 0.15, 0.25))
     add_objects(_place(rng, int(rng.integers(3)), (1.2, 3.0), mids, 1.2))
   elif source == "general":
-    add_objects(_place(rng, int(rng.integers(2, 6)), (0.0, 2.5), [], 1.1))
-    distance_range, target_height = (4.0, 6.5), 0.4
+    add_objects(_place(rng, int(rng.integers(2, 6)), (0.0, 2.2), [], 1.3), scale=1.25)
+    distance_range, height_range, target_height = (3.5, 5.5), (1.5, 2.8), 0.4
   else:  # subject_centric
     distance_range, height_range, fov_range = (2.0, 2.7), (1.0, 1.5), (45.0, 55.0)
     if rng.random() < 0.6:
