@@ -244,6 +244,28 @@ class EpochOrder:
     return epoch, int(self.records[permutation[offset]])
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(value: int) -> int:
+  value = (value + 0x9E3779B97F4A7C15) & _MASK64
+  value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+  value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+  return value ^ (value >> 31)
+
+
+def keyed_uniforms(key: Sequence[int], count: int) -> list[float]:
+  """`count` uniforms in [0, 1), a pure function of the integer tuple `key` (splitmix64).
+
+  A counter-based hash instead of np.random.default_rng(key): the same quality for a few
+  draws per sample at ~5 us instead of ~100 us, which matters at thousands of clips/s.
+  """
+  state = 0
+  for part in key:
+    state = _splitmix64(state ^ (int(part) & _MASK64))
+  return [(_splitmix64(state + i + 1) >> 11) / float(1 << 53) for i in range(count)]
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleDraw:
   """Per-sample choices. modality_id is -1 for an RGB-only sample."""
@@ -265,9 +287,8 @@ def draw_sample(available: np.ndarray, modality_weights: np.ndarray, task_probs:
     modality_weights: float [len(constants.MODALITIES)] stage weights (allowed_modality_weights).
     task_probs: float [len(constants.TASKS)].
   """
-  rng = np.random.default_rng(
-      [seed, stage_index, constants.source_id(source), epoch, record_index])
-  u_modality, u_task, u_flip = rng.random(3)
+  u_modality, u_task, u_flip = keyed_uniforms(
+      (seed, stage_index, constants.source_id(source), epoch, record_index), 3)
   weights = np.where(available, modality_weights, 0.0)
   total = weights.sum()
   if total > 0:
