@@ -40,6 +40,9 @@ def test_workers_keep_balance_order_and_checkpoint_state():
   with worker_iterator(make_batches(config)) as restored:
     restored.set_state(state)
     assert_same(take(restored, 5), following)
+  in_process_restored = pipeline.make_iterator(make_batches(config))  # Worker count may change.
+  in_process_restored.set_state(state)
+  assert_same(take(in_process_restored, 5), following)
 
 
 @pytest.mark.timeout(180)

@@ -123,38 +123,76 @@ def build_batch_dataset(
 class BatchIterator(grain.DatasetIterator):
   """The training iterator: yields contract batches and counts skipped corrupt records.
 
-  A grain DatasetIterator, so `grain.checkpoint.CheckpointSave/CheckpointRestore` and
-  `get_state`/`set_state` work on it directly; the skip count is part of the state.
+  Its state is {"next_batch": n, "skipped_corrupt": k}: the batch dataset is a pure function
+  of the batch index, so n alone resumes it exactly, whatever the worker count before and after
+  (grain's own prefetch states differ between in-process and mp_prefetch iterators). It is a
+  grain DatasetIterator, so `grain.checkpoint.CheckpointSave/CheckpointRestore` accept it.
+  Decoding starts at the first `next` (or `start_prefetch`), so `set_state` right after
+  construction never starts workers twice.
 
   Attributes:
     skipped_corrupt: corrupt records skipped so far (only with data.skip_corrupt).
   """
 
-  def __init__(self, parent: grain.DatasetIterator):
-    super().__init__(parent)
+  def __init__(self, batches: grain.MapDataset, *, worker_count: int = 0,
+               prefetch_buffer: int = 2):
+    super().__init__()
+    if worker_count < 0 or prefetch_buffer < 0:
+      raise ValueError(f"worker_count={worker_count} and prefetch_buffer={prefetch_buffer} "
+                       f"must be >= 0")
+    self._batches = batches
+    self._worker_count = worker_count
+    self._prefetch_buffer = prefetch_buffer
+    self._stream: grain.DatasetIterator | None = None
+    self._next_batch = 0
     self.skipped_corrupt = 0
 
+  def _start(self) -> None:
+    ensure_absl_flags_parsed()
+    read_options = grain.ReadOptions(num_threads=min(self._prefetch_buffer, 2),
+                                     prefetch_buffer_size=self._prefetch_buffer)
+    stream = self._batches[self._next_batch:].to_iter_dataset(read_options)
+    if self._worker_count > 0:
+      stream = stream.mp_prefetch(
+          grain.MultiprocessingOptions(num_workers=self._worker_count,
+                                       per_worker_buffer_size=max(1, self._prefetch_buffer)),
+          worker_init_fn=_worker_init)
+    self._stream = iter(stream)
+
+  def _stop(self) -> None:
+    if self._stream is not None:
+      self._stream.close()
+      self._stream = None
+
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = dict(next(self._parent))
+    self._assert_not_closed()
+    if self._stream is None:
+      self._start()
+    batch = dict(next(self._stream))
+    self._next_batch += 1
     self.skipped_corrupt += int(np.sum(batch.pop(examples.SKIPPED_KEY)))
     return batch
 
-  def get_state(self) -> dict[str, Any]:
-    return {"pipeline": self._parent.get_state(), "skipped_corrupt": self.skipped_corrupt}
+  def get_state(self) -> dict[str, int]:
+    return {"next_batch": self._next_batch, "skipped_corrupt": self.skipped_corrupt}
 
-  def set_state(self, state: dict[str, Any]) -> None:
-    self._parent.set_state(state["pipeline"])
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    self._stop()
+    self._next_batch = int(state["next_batch"])
     self.skipped_corrupt = int(state["skipped_corrupt"])
 
+  def start_prefetch(self) -> None:
+    if self._stream is None:
+      self._start()
+    self._stream.start_prefetch()
+
+  def close(self) -> None:
+    self._stop()
+    super().close()
+
   def __str__(self) -> str:
-    return "unity_jax.BatchIterator"
-
-
-class _BatchIterDataset(grain.IterDataset):
-  """Wraps the prefetched batch stream into BatchIterator (runs in the main process)."""
-
-  def __iter__(self) -> BatchIterator:
-    return BatchIterator(self._parent.__iter__())
+    return (f"unity_jax.BatchIterator(next_batch={self._next_batch}, "
+            f"workers={self._worker_count})")
 
 
 def make_iterator(batches: grain.MapDataset, *, worker_count: int = 0,
@@ -166,19 +204,7 @@ def make_iterator(batches: grain.MapDataset, *, worker_count: int = 0,
   `iterator.close()` when done to stop worker processes. Scripts using workers need an
   `if __name__ == "__main__":` guard (workers are spawned).
   """
-  if worker_count < 0 or prefetch_buffer < 0:
-    raise ValueError(f"worker_count={worker_count} and prefetch_buffer={prefetch_buffer} must "
-                     f"be >= 0")
-  ensure_absl_flags_parsed()
-  read_options = grain.ReadOptions(num_threads=min(prefetch_buffer, 2),
-                                   prefetch_buffer_size=prefetch_buffer)
-  stream = batches.to_iter_dataset(read_options)
-  if worker_count > 0:
-    stream = stream.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=worker_count,
-                                     per_worker_buffer_size=max(1, prefetch_buffer)),
-        worker_init_fn=_worker_init)
-  return iter(_BatchIterDataset(stream))
+  return BatchIterator(batches, worker_count=worker_count, prefetch_buffer=prefetch_buffer)
 
 
 def pipeline_from_reader(reader: Any, config: Any, stage_index: int, *, process_index: int = 0,
