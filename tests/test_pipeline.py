@@ -156,6 +156,8 @@ def test_two_processes_are_balanced_and_disjoint():
   for step in range(200):
     local = [np.bincount(b[step]["source_id"], minlength=4).tolist() for b in per_process]
     assert local == [[1, 1, 1, 1], [1, 1, 1, 1]], step
+    union = np.concatenate([b[step]["source_id"] for b in per_process])
+    assert np.bincount(union, minlength=4).tolist() == [2, 2, 2, 2], step
   seen = [{r for b in batches for r in record_ids(b)} for batches in per_process]
   assert not seen[0] & seen[1]
   assert len(seen[0] | seen[1]) == sum(SOURCE_SIZES.values())

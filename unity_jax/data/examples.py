@@ -16,11 +16,7 @@ from unity_jax.data import prompts
 from unity_jax.data import sampling
 from unity_jax.model import text
 
-try:
-  from unity_jax.data.reader import RecordError  # pylint: disable=g-import-not-at-top
-except ImportError:  # The reader is written in parallel; keep the agreed contract meanwhile.
-  class RecordError(ValueError):
-    """A corrupt record; the message names its shard and record index."""
+from unity_jax.data.schema import RecordError  # Corrupt data; the message names where.
 
 SKIPPED_KEY = "_skipped_corrupt"
 """Internal per-example field: corrupt records skipped to produce it (removed by BatchIterator)."""
