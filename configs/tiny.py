@@ -1,4 +1,4 @@
-"""tiny: the CPU demo model (≈0.6M parameters) on 9-frame 32×32 synthetic clips.
+"""tiny: the CPU demo model (≈1.0M parameters) on 9-frame 32×32 synthetic clips.
 
 Run (≈ minutes on a 2-core CPU; both curriculum stages, loss falls from ≈2 to well below 1):
   unity-train --config configs/tiny.py --workdir runs/tiny

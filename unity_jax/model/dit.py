@@ -261,6 +261,11 @@ def _stack_contexts(contexts, batch, num_streams):
   Returns ({"tokens"|"embedding": [B·G, L, ...]}, mask bool [B·G, L]) with G = 1 + S.
   """
   key = "tokens" if "tokens" in contexts[0] else "embedding"
+  for name, context in zip(("caption", "prompt"), contexts):
+    if key not in context or "mask" not in context:
+      raise ValueError(f"{name} must hold {key!r} and 'mask' like the caption does "
+                       f"(got keys {sorted(context)}); text inputs are either all token ids or "
+                       "all precomputed embeddings")
   rows, masks = [contexts[0][key][:, None]], [contexts[0]["mask"][:, None]]
   if num_streams:
     rows.append(contexts[1][key])

@@ -1,0 +1,102 @@
+"""Every config loads, validates and builds abstract params; invalid configs fail clearly."""
+
+import math
+import pathlib
+
+import jax
+import pytest
+
+from unity_jax import config as config_lib
+from unity_jax.model import build_model, dummy_inputs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py"))
+
+
+def _abstract_param_count(config):
+  model = build_model(config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(config, 1)))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_config_loads_validates_and_builds(path, arg):
+  config = config_lib.load_config(str(ROOT / path) + (f":{arg}" if arg else ""))
+  config_lib.validate(config)
+  sizes = config_lib.mesh_shape(config, 8 if config.mesh.fsdp <= 8 else config.mesh.fsdp)
+  assert math.prod(sizes.values()) >= 1
+  assert _abstract_param_count(config) > 0
+  assert path.endswith(".py") and "get_config" in (ROOT / path).read_text()
+
+
+def test_config_docstrings_hold_the_run_command():
+  for path in CONFIG_FILES:
+    text = (ROOT / path).read_text()
+    assert "unity-train --config " + path in text or "benchmarks/" in text, path
+
+
+def test_5b_preset_parameter_count():
+  config = config_lib.load_config(str(ROOT / "configs/unity_5b.py"))
+  count = _abstract_param_count(config)
+  assert abs(count - 5.0e9) / 5.0e9 < 0.05, count
+
+
+def _tiny():
+  return config_lib.load_config(str(ROOT / "configs/tiny.py"))
+
+
+def _set(path, value):
+  def mutate(config):
+    node = config
+    *parents, leaf = path.split(".")
+    for key in parents:
+      node = node[int(key)] if key.isdigit() else node[key]
+    node[leaf] = value
+  return mutate
+
+
+INVALID = [
+    (_set("data.num_frames", 8), None, "config.data.num_frames=8: must be 1 + k*4"),
+    (_set("data.height", 30), None, "config.data.height=30: must be divisible by"),
+    (_set("data.width", 34), None, "config.data.width=34: must be divisible by"),
+    (_set("model.num_heads", 5), None, "config.model.num_heads=5: must divide model.dim=96"),
+    (_set("model.switcher", "film"), None, "config.model.switcher='film': must be one of"),
+    (_set("model.attention", "flash"), None, "config.model.attention='flash': must be one of"),
+    (_set("stages.0.modalities", ("depth", "normals")), None, "unknown modality 'normals'"),
+    (_set("stages.1.sources", ("general", "youtube")), None, "unknown source 'youtube'"),
+    (_set("stages.0.task_probs.joint", 0.6), None, "must be non-negative and sum to 1"),
+    (_set("stages.1.task_probs.control", -0.25), None, "must be non-negative and sum to 1"),
+    (_set("stages.0.modality_weights", (1.0, 2.0)), None, "must be 3 non-negative weights"),
+    (_set("train.batch_size", 12), 8, "config.train.batch_size=12: must be divisible by the "
+     "data-parallel size data*fsdp=8"),
+    (_set("train.batch_size", 6), None, "config.train.batch_size=6: must split into 4 equal "
+     "source groups"),
+    (_set("mesh.fsdp", 3), 8, "fixed axes (3) must divide the 8 devices"),
+    (lambda c: c.mesh.update(data=2, fsdp=2), 8, "the mesh product 4 must equal the device "
+     "count 8"),
+    (lambda c: c.mesh.update(data=1, tensor=8), 8, "config.mesh.tensor=8: must divide "
+     "model.num_heads=4"),
+    (_set("codec.latent_channels", 16), None, "the pixel codec has 3*temporal_stride*"
+     "spatial_stride^2 = 48 channels"),
+    (_set("objective.caption_dropout", 1.5), None, "must lie in [0, 1]"),
+    (_set("data.caption_len", 100), None, "must be <= model.text_max_len=64"),
+    (_set("stages.0.steps", 0), None, "config.stages[0].steps=0: must be >= 1"),
+    (_set("data.source_weights", (1, 1, 1)), None, "must be 4 non-negative weights"),
+]
+
+
+@pytest.mark.parametrize("mutate,devices,message", INVALID)
+def test_invalid_configs_are_rejected_with_clear_messages(mutate, devices, message):
+  config = _tiny()
+  mutate(config)
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.validate(config, devices)
+  assert message in str(error.value)
+
+
+def test_missing_config_file_and_function():
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    config_lib.load_config("configs/nope.py")
+  with pytest.raises(config_lib.ConfigError, match="has no get_config"):
+    config_lib.load_config(str(ROOT / "tests" / "conftest.py"))
