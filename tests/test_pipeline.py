@@ -416,3 +416,12 @@ def test_inspect_prints_counts_and_writes_contact_sheet(openuni_dir, tmp_path):
   text_lines = table.getvalue().splitlines()
   assert text_lines[1].startswith("batch | single_person two_person general subject_centric")
   assert text_lines[2].startswith("    0 |             2          2       2               2 |")
+
+
+def test_inspect_reports_bad_input_with_exit_status_2(tmp_path, capsys):
+  from unity_jax.data import inspect as inspect_lib  # pylint: disable=g-import-not-at-top
+  config_path = tmp_path / "cfg.py"
+  config_path.write_text(CONFIG_FILE)
+  status = inspect_lib.main(["--data", str(tmp_path / "missing"), "--config", str(config_path)])
+  assert status == 2
+  assert "manifest.json does not exist" in capsys.readouterr().err

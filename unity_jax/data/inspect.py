@@ -113,11 +113,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-  """Runs `unity-data inspect` with `argv` (without the program/subcommand names)."""
+  """Runs `unity-data inspect` with `argv` (without the program/subcommand names).
+
+  Returns the exit status: 0, or 2 with a one-line message on stderr for bad arguments, a bad
+  config or bad data.
+  """
   args = _parser().parse_args(argv)
-  out = out or sys.stdout
   if args.batches < 1:
-    raise SystemExit(f"--batches must be >= 1, got {args.batches}")
+    _parser().error(f"--batches must be >= 1, got {args.batches}")
+  try:
+    return _run(args, out or sys.stdout)
+  except (ValueError, OSError) as error:  # ConfigError, RecordError, missing files, ...
+    print(f"unity-data inspect: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
   config = config_lib.load_config(args.config)
   config.data.dir = args.data
   if args.workers is not None:
