@@ -145,7 +145,8 @@ def _print_table(results: dict) -> None:
       print(f"  train step               {r['train_step_s']:.3f} s -> needs "
             f"{r['needed_batches_per_s']:.2f} batches/s")
       for workers, headroom in r["headroom"].items():
-        verdict = "ok" if headroom >= HEADROOM_TARGET else f"BELOW the {HEADROOM_TARGET:.0f}x target"
+        verdict = ("ok" if headroom >= HEADROOM_TARGET
+                   else f"BELOW the {HEADROOM_TARGET:.0f}x target")
         print(f"  headroom, {workers} workers      {headroom:8.1f}x  {verdict}")
     else:
       print("  train step               NOT MEASURED (pass --step-times); needed batches/s = "

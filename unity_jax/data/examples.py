@@ -49,7 +49,8 @@ class ExampleOptions:
 
 
 def options_from_config(config: Any) -> ExampleOptions:
-  """Reads config.data.{num_frames,height,width,caption_len,prompt_len,flip_augment,skip_corrupt}."""
+  """Reads config.data: num_frames, height, width, caption_len, prompt_len, flip_augment,
+  skip_corrupt."""
   data = config.data
   return ExampleOptions(
       num_frames=int(data.num_frames), height=int(data.height), width=int(data.width),
