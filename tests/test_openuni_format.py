@@ -36,7 +36,7 @@ def _assert_same_clip(decoded, original):
       np.testing.assert_array_equal(decoded[group][name], value)
 
 
-@pytest.mark.parametrize("codec", record.CODECS)
+@pytest.mark.parametrize("codec", record.VIDEO_CODECS)
 def test_record_round_trip_is_exact_for_every_codec(codec):
   clip = fakes.fake_clip(3, "two_person", with_gt=True, with_latents=True)
   decoded = decode_record(record.encode_record(clip, video_codec=codec))
@@ -46,16 +46,30 @@ def test_record_round_trip_is_exact_for_every_codec(codec):
   decoded["rgb"][0, 0, 0] = 7  # Decoded arrays are writable (augmentations may edit in place).
 
 
-def test_skip_leaves_groups_out_but_still_validates():
-  data = record.encode_record(fakes.fake_clip(0, with_gt=True, with_latents=True))
+def test_auto_codec_compresses_only_where_it_pays():
+  clip = fakes.fake_clip(0, with_gt=False)
+  clip["modalities"]["depth"] = np.zeros_like(clip["rgb"])  # Compressible; rgb is noise.
+  header = record.peek_metadata(record.encode_record(clip, video_codec="auto"))
+  codecs = {spec["name"]: spec["codec"] for spec in header["arrays"]}
+  assert codecs["rgb"] == "raw" and codecs["modalities/depth"] == "zlib"
+
+
+def test_skip_leaves_groups_out_and_checks_only_what_it_decodes():
+  clip = fakes.fake_clip(0, with_gt=True, with_latents=True)
+  data = record.encode_record(clip)
   decoded = decode_record(data, skip=("gt", "rgb", "modalities"))
   assert "gt" not in decoded and "rgb" not in decoded and "modalities" not in decoded
   assert decoded["latents"]["depth"].shape == (2, 1, 1, 4)
+  rgb_spec = record.peek_metadata(data)["arrays"][0]
+  assert rgb_spec["name"] == "rgb"
   corrupt = bytearray(data)
-  corrupt[-1] ^= 0x10  # Inside the skipped... or any group: the checksum covers all of it.
-  with pytest.raises(RecordError, match="checksum"):
-    decode_record(bytes(corrupt), skip=("gt", "rgb", "modalities", "latents",
-                                        "caption_embedding"))
+  header_end = 16 + int.from_bytes(data[8:12], "little")
+  corrupt[header_end + rgb_spec["offset"] + 3] ^= 0x10  # One bit of the rgb video.
+  with pytest.raises(RecordError, match="rgb checksum mismatch"):
+    decode_record(bytes(corrupt))
+  # Skipping rgb skips its checksum too; everything returned is still exact.
+  partial = decode_record(bytes(corrupt), skip=("rgb",))
+  _assert_same_clip(partial | {"rgb": clip["rgb"]}, clip)
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -91,7 +105,9 @@ def test_writer_layout_manifest_and_reader(tmp_path):
                                        "subject_centric": 2}
   expected_modalities = {m: sum(c["available"][m] for c in clips) for m in constants.MODALITIES}
   assert entry["counts"]["modality"] == expected_modalities
-  assert entry["arrays"]["rgb"] == {"dtype": "uint8", "codec": "zlib", "shapes": {"5x8x8x3": 10}}
+  # Noise does not compress: "auto" stores it raw.
+  assert entry["arrays"]["rgb"] == {"dtype": "uint8", "codecs": {"raw": 10},
+                                    "shapes": {"5x8x8x3": 10}}
   assert not any(name.startswith("gt/") for name in entry["arrays"])
 
   reader = OpenUniReader(str(tmp_path))

@@ -55,7 +55,10 @@ _ARRAY_MUTATIONS = [
     lambda a, r: a.update(length=a["length"] - int(r.integers(1, 9))),
     lambda a, r: a.update(length=True),
     lambda a, r: a.update(name=str(r.choice(["gt/normals", "modalities/audio", "", "RGB"]))),
-    lambda a, r: a.pop(str(r.choice(["name", "dtype", "shape", "codec", "offset", "length"]))),
+    lambda a, r: a.pop(str(r.choice(["name", "dtype", "shape", "codec", "offset", "length",
+                                      "crc32"]))),
+    lambda a, r: a.update(crc32=(a["crc32"] + int(r.integers(1, 2**32))) % 2**32),
+    lambda a, r: a.update(crc32=str(a["crc32"])),
     lambda a, r: a.update(extra=1),
 ]
 _HEADER_MUTATIONS = [
@@ -117,6 +120,7 @@ def test_fuzzed_records_raise_only_record_error():
   clip = fakes.fake_clip(7, "two_person", num_frames=5, height=8, width=8, with_gt=True,
                          with_latents=True)
   originals = [record.encode_record(clip, video_codec=codec) for codec in record.CODECS]
+  assert [_split(d)[0]["arrays"][0]["codec"] for d in originals] == list(record.CODECS)  # rgb
   cases, failures = 0, []
   for data in originals:
     decode_record(data)  # The undamaged record is fine.

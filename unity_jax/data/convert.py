@@ -256,7 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="skip bad rows (listed in the report) instead of stopping")
   parser.add_argument("--workers", type=int, default=1, help="decoding processes")
   parser.add_argument("--clips-per-shard", type=int, default=writer_lib.DEFAULT_CLIPS_PER_SHARD)
-  parser.add_argument("--video-codec", choices=record_lib.CODECS,
+  parser.add_argument("--video-codec", choices=record_lib.VIDEO_CODECS,
                       default=record_lib.DEFAULT_VIDEO_CODEC)
   parser.add_argument("--no-resume", action="store_true",
                       help="discard staged shards of an interrupted run instead of resuming")

@@ -6,15 +6,21 @@ Layout (little-endian), see docs/openuni_format.md:
   offset 4   u16      schema version (1)
   offset 6   u16      flags (0 in v1)
   offset 8   u32      header length N
-  offset 12  u32      CRC-32 of bytes [0, 12) followed by bytes [16, end)
+  offset 12  u32      header CRC-32: of bytes [0, 12) followed by the N header bytes
   offset 16  N bytes  header: UTF-8 JSON {"meta": {...}, "arrays": [{name, dtype, shape, codec,
-                      offset, length}, ...]}
-  16 + N     payload: the arrays' encoded bytes, back to back in header order
+                      offset, length, crc32}, ...]}
+  16 + N     payload: the arrays' encoded bytes, back to back in header order (each array's
+                      "crc32" is the CRC-32 of its encoded bytes)
 
 Every array is encoded on its own ("raw", "zlib" level 6, or "png" for uint8 videos), so a record
 decodes without any other record and a reader can skip groups it does not need (e.g. "gt").
-The CRC covers every byte except itself: any bit flip is reported as a RecordError, never
-returned as garbage.
+The writer's default policy "auto" stores zlib, or raw where zlib saves less than 20% (camera
+footage after H.264 decoding): inflating incompressible bytes costs ~10x a copy for ~1.2x size.
+Checksums: the header CRC covers the prefix and header; each array's CRC covers its bytes, and
+the arrays must tile the payload exactly. Every byte that decoding uses is therefore checked:
+any bit flip or truncation is a RecordError, never garbage. An array skipped by
+`decode_record(skip=...)` is neither decompressed nor checksummed, so reading latents alone
+does not pay for the pixel videos (damage there surfaces when they are decoded).
 """
 
 import io
@@ -31,10 +37,15 @@ from unity_jax.data import schema
 from unity_jax.data.schema import RecordError
 
 MAGIC = b"OUNI"
-_PREFIX = struct.Struct("<4sHHII")  # magic, version, flags, header length, crc32.
+_PREFIX = struct.Struct("<4sHHII")  # magic, version, flags, header length, header crc32.
+_ARRAY_FIELDS = {"name", "dtype", "shape", "codec", "offset", "length", "crc32"}
 CODECS = ("raw", "zlib", "png")
+"""Codecs a record may name for an array."""
+VIDEO_CODECS = ("auto",) + CODECS
+"""Choices for writing videos: a stored codec, or "auto" (zlib unless it saves < 20%, then raw)."""
 ZLIB_LEVEL = 6
-DEFAULT_VIDEO_CODEC = "zlib"
+AUTO_MAX_RATIO = 0.8
+DEFAULT_VIDEO_CODEC = "auto"
 _GROUPS = ("rgb", "modalities", "gt", "latents", "caption_embedding")
 
 
@@ -42,53 +53,56 @@ def _default_codec(name: str, video_codec: str) -> str:
   if name == "rgb" or name.startswith("modalities/"):
     return video_codec
   if name.startswith("gt/"):
-    return "zlib"
+    return "auto"
   return "raw"  # Latents and embeddings are high-entropy floats: compression buys ~nothing.
 
 
-def encode_array(array: np.ndarray, codec: str) -> bytes:
-  """Encodes a C-ordered array's bytes with `codec` ("raw", "zlib" or "png")."""
+def encode_array(array: np.ndarray, codec: str) -> tuple[str, bytes]:
+  """Encodes a C-ordered array's bytes with `codec` (VIDEO_CODECS); returns (stored codec, bytes)."""
   data = np.ascontiguousarray(array)
   if codec == "raw":
-    return data.tobytes()
-  if codec == "zlib":
-    return zlib.compress(data.tobytes(), ZLIB_LEVEL)
+    return codec, data.tobytes()
+  if codec in ("zlib", "auto"):
+    raw = data.tobytes()
+    packed = zlib.compress(raw, ZLIB_LEVEL)
+    if codec == "auto" and len(packed) > AUTO_MAX_RATIO * len(raw):
+      return "raw", raw
+    return "zlib", packed
   if codec == "png":
     if data.dtype != np.uint8 or data.ndim != 4 or data.shape[-1] != 3:
       raise ValueError(f"png codec needs uint8 [T, H, W, 3], got {data.dtype} {data.shape}")
     buffer = io.BytesIO()
     # One tall image [T*H, W, 3]: PNG's row filters work across the whole clip at once.
     Image.fromarray(data.reshape(-1, data.shape[2], 3)).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-  raise ValueError(f"unknown codec {codec!r}; expected one of {CODECS}")
+    return codec, buffer.getvalue()
+  raise ValueError(f"unknown codec {codec!r}; expected one of {VIDEO_CODECS}")
 
 
 def encode_record(clip: Mapping[str, Any], video_codec: str = DEFAULT_VIDEO_CODEC,
                   where: str = "clip") -> bytes:
   """Validates `clip` (see schema.py) and returns its OpenUni v1 record bytes."""
-  if video_codec not in CODECS:
-    raise ValueError(f"unknown video codec {video_codec!r}; expected one of {CODECS}")
+  if video_codec not in VIDEO_CODECS:
+    raise ValueError(f"unknown video codec {video_codec!r}; expected one of {VIDEO_CODECS}")
   schema.validate_clip(clip, where)
   meta = {field: clip[field] for field in schema.METADATA_FIELDS}
   meta["person_count"] = int(meta["person_count"])
   meta["available"] = {name: bool(clip["available"][name]) for name in constants.MODALITIES}
   specs, blobs, offset = [], [], 0
   for name, array in schema.flatten_arrays(clip).items():
-    codec = _default_codec(name, video_codec)
-    blob = encode_array(array, codec)
+    codec, blob = encode_array(array, _default_codec(name, video_codec))
     specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape),
-                  "codec": codec, "offset": offset, "length": len(blob)})
+                  "codec": codec, "offset": offset, "length": len(blob),
+                  "crc32": zlib.crc32(blob)})
     blobs.append(blob)
     offset += len(blob)
   header = json.dumps({"meta": meta, "arrays": specs}, separators=(",", ":")).encode("utf-8")
-  body = header + b"".join(blobs)
   start = struct.pack("<4sHHI", MAGIC, schema.SCHEMA_VERSION, 0, len(header))
-  crc = zlib.crc32(body, zlib.crc32(start))
-  return start + struct.pack("<I", crc) + body
+  crc = zlib.crc32(header, zlib.crc32(start))
+  return b"".join([start, struct.pack("<I", crc), header, *blobs])
 
 
 def _parse_header(data: bytes, where: str) -> tuple[dict, int]:
-  """Checks magic, version, checksum; returns (header dict, payload offset)."""
+  """Checks magic, version, header checksum; returns (header dict, payload offset)."""
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise RecordError(f"{where}: expected record bytes, got {type(data).__name__}")
   if len(data) < _PREFIX.size:
@@ -100,16 +114,17 @@ def _parse_header(data: bytes, where: str) -> tuple[dict, int]:
   if version != schema.SCHEMA_VERSION:
     raise RecordError(f"{where}: record has schema version {version}; this reader supports "
                       f"version {schema.SCHEMA_VERSION} only")
-  actual_crc = zlib.crc32(memoryview(data)[_PREFIX.size:], zlib.crc32(memoryview(data)[:12]))
-  if actual_crc != crc:
-    raise RecordError(f"{where}: checksum mismatch (stored crc32 {crc:#010x}, computed "
-                      f"{actual_crc:#010x}): the record is corrupt or truncated")
-  if flags != 0:
-    raise RecordError(f"{where}: unknown flags {flags:#x} for schema version 1")
   payload_start = _PREFIX.size + header_length
   if payload_start > len(data):
     raise RecordError(f"{where}: header length {header_length} runs past the record end "
-                      f"({len(data)} bytes)")
+                      f"({len(data)} bytes): the record is corrupt or truncated")
+  view = memoryview(data)
+  actual_crc = zlib.crc32(view[_PREFIX.size:payload_start], zlib.crc32(view[:12]))
+  if actual_crc != crc:
+    raise RecordError(f"{where}: header checksum mismatch (stored crc32 {crc:#010x}, computed "
+                      f"{actual_crc:#010x}): the record is corrupt")
+  if flags != 0:
+    raise RecordError(f"{where}: unknown flags {flags:#x} for schema version 1")
   try:
     header = json.loads(bytes(data[_PREFIX.size:payload_start]).decode("utf-8"))
   except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -127,8 +142,7 @@ def _check_array_specs(specs: list, payload_length: int, where: str) -> None:
   specs_in_binding_order = sorted(
       specs, key=lambda s: (not isinstance(s, dict) or s.get("name") != "rgb"))
   for spec in specs_in_binding_order:
-    if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape", "codec", "offset",
-                                                   "length"}:
+    if not isinstance(spec, dict) or set(spec) != _ARRAY_FIELDS:
       raise RecordError(f"{where}: malformed array entry {spec!r}")
     name = spec["name"]
     if not isinstance(name, str) or name in names:
@@ -146,6 +160,9 @@ def _check_array_specs(specs: list, payload_length: int, where: str) -> None:
     schema.check_shape(name, tuple(spec["shape"]), pattern, bindings, where)
     if spec["codec"] not in CODECS or (spec["codec"] == "png" and pattern != schema.VIDEO_PATTERN):
       raise RecordError(f"{where}: {name} has unsupported codec {spec['codec']!r}")
+    crc = spec["crc32"]
+    if not isinstance(crc, int) or isinstance(crc, bool) or not 0 <= crc < 2**32:
+      raise RecordError(f"{where}: {name} has invalid crc32 {crc!r}")
   for spec in specs:  # Payload tiling is checked in stored order.
     offset, length = spec["offset"], spec["length"]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, length)) or (
@@ -162,10 +179,13 @@ def _check_array_specs(specs: list, payload_length: int, where: str) -> None:
 
 
 def _decode_array(blob: memoryview, spec: dict, where: str) -> np.ndarray:
+  name, codec = spec["name"], spec["codec"]
+  if zlib.crc32(blob) != spec["crc32"]:
+    raise RecordError(f"{where}: {name} checksum mismatch (stored crc32 {spec['crc32']:#010x}, "
+                      f"computed {zlib.crc32(blob):#010x}): the record is corrupt")
   dtype = schema.dtype_from_name(spec["dtype"], where)
   shape = tuple(spec["shape"])
   expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
-  name, codec = spec["name"], spec["codec"]
   try:
     if codec == "png":
       image = Image.open(io.BytesIO(blob), formats=["PNG"])
@@ -199,8 +219,8 @@ def decode_record(data: bytes, where: str = "record",
     where: a location for error messages, e.g. "train/general-00000-of-00004.array_record
       record 17".
     skip: groups not to decode, from ("rgb", "modalities", "gt", "latents",
-      "caption_embedding"); they are absent from the result (the record is still fully
-      validated, only their decompression is skipped).
+      "caption_embedding"); they are absent from the result (header and structure are still
+      validated; their bytes are neither checksummed nor decompressed).
 
   Raises:
     RecordError: naming `where` and what is wrong, for any corrupt, truncated or foreign input.
@@ -232,7 +252,7 @@ def decode_record(data: bytes, where: str = "record",
 
 
 def peek_metadata(data: bytes, where: str = "record") -> dict[str, Any]:
-  """Returns a record's metadata and array specs after checking its checksum, decoding nothing."""
+  """Returns a record's metadata and array specs after checking the header, decoding nothing."""
   header, _ = _parse_header(data, where)
   schema.validate_metadata(header["meta"], where)
   return {**header["meta"], "arrays": header["arrays"]}

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--with-gt", action=argparse.BooleanOptionalAction, default=None,
                       help="store raw ground truth (default: only for --split eval)")
   parser.add_argument("--clips-per-shard", type=int, default=writer_lib.DEFAULT_CLIPS_PER_SHARD)
-  parser.add_argument("--video-codec", choices=record_lib.CODECS,
+  parser.add_argument("--video-codec", choices=record_lib.VIDEO_CODECS,
                       default=record_lib.DEFAULT_VIDEO_CODEC)
   parser.add_argument("--no-resume", action="store_true",
                       help="discard staged shards of an interrupted run instead of resuming")

@@ -90,6 +90,10 @@ def read_manifest(data_dir: str) -> dict:
   return manifest
 
 
+def _count(counter: dict[str, int], key: str, increment: int = 1) -> None:
+  counter[key] = counter.get(key, 0) + increment
+
+
 class _OpenShard:
   """A staged shard being written: temp file, ArrayRecord writer, keys and index rows so far."""
 
@@ -204,10 +208,10 @@ class SplitWriter:
     shard.keys.append(key)
     shard.rows.append(schema.index_row(info))
     for spec in info["arrays"]:
-      stats = shard.arrays.setdefault(
-          spec["name"], {"dtype": spec["dtype"], "codec": spec["codec"], "shapes": {}})
-      shape_key = "x".join(map(str, spec["shape"]))
-      stats["shapes"][shape_key] = stats["shapes"].get(shape_key, 0) + 1
+      stats = shard.arrays.setdefault(spec["name"], {"dtype": spec["dtype"], "codecs": {},
+                                                     "shapes": {}})
+      _count(stats["codecs"], spec["codec"])
+      _count(stats["shapes"], "x".join(map(str, spec["shape"])))
     if len(shard.keys) >= self.clips_per_shard:
       self._close_shard(shard)
     return True
@@ -314,13 +318,12 @@ class SplitWriter:
       for _, person_count, mask in sidecar["records"]:
         for name in schema.available_names(mask):
           counts["modality"][name] += 1
-        counts["person_count"][str(person_count)] = counts["person_count"].get(
-            str(person_count), 0) + 1
+        _count(counts["person_count"], str(person_count))
       for name, stats in sidecar["arrays"].items():
-        merged = arrays.setdefault(name, {"dtype": stats["dtype"], "codec": stats["codec"],
-                                          "shapes": {}})
-        for shape_key, count in stats["shapes"].items():
-          merged["shapes"][shape_key] = merged["shapes"].get(shape_key, 0) + count
+        merged = arrays.setdefault(name, {"dtype": stats["dtype"], "codecs": {}, "shapes": {}})
+        for field in ("codecs", "shapes"):
+          for key, count in stats[field].items():
+            _count(merged[field], key, count)
     return {"num_records": sum(counts["source"].values()), "counts": counts,
             "arrays": dict(sorted(arrays.items())), "index_columns": list(schema.INDEX_COLUMNS),
             "shards": shards}
