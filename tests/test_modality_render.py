@@ -116,8 +116,8 @@ def test_skeleton_round_trip_on_separated_random_keypoints():
   keypoints = np.zeros((3, num_persons, 17, 3), np.float32)
   for frame in range(3):
     chosen = rng.permutation(lattice.reshape(-1, 2))[:num_persons * 17]
-    keypoints[frame, ..., :2] = chosen.reshape(num_persons, 17, 2) + rng.uniform(-0.49, 0.49,
-                                                                                  (num_persons, 17, 2))
+    jitter = rng.uniform(-0.49, 0.49, (num_persons, 17, 2))  # rounds back to the lattice point
+    keypoints[frame, ..., :2] = chosen.reshape(num_persons, 17, 2) + jitter
     keypoints[frame, ..., 2] = rng.random((num_persons, 17)) < 0.5
   video = mr.render_modality("skeleton", {"keypoints": keypoints,
                                           "depth": np.ones((3, height, width), np.float32)})

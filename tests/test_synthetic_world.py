@@ -40,7 +40,8 @@ def _backproject(scene, depth, frame):
   """World points float [H*W, 3] of every pixel of `frame` from its z-depth."""
   rays, _ = renderer.pixel_rays(scene.camera)
   rays_world = rays @ scene.camera.rotation[frame]
-  return scene.camera.position[frame] + (depth[frame].reshape(-1) / rays[:, 2])[:, None] * rays_world
+  distance = depth[frame].reshape(-1) / rays[:, 2]
+  return scene.camera.position[frame] + distance[:, None] * rays_world
 
 
 def _signed_distances(primitives, frame, points):
@@ -228,10 +229,10 @@ def test_flow_lands_on_the_same_surface_point_at_the_next_frame(source, seed):
   cx, cy = camera.principal_point
   checked = 0
   for frame in range(0, len(scene.times) - 1, 4):
-    origin = camera.position[frame]
-    distance, index = renderer.nearest_hits(primitives, frame, origin, rays @ camera.rotation[frame])
+    origin, rays_world = camera.position[frame], rays @ camera.rotation[frame]
+    distance, index = renderer.nearest_hits(primitives, frame, origin, rays_world)
     on_shape = index >= 0
-    point = origin + distance[on_shape, None] * (rays @ camera.rotation[frame])[on_shape]
+    point = origin + distance[on_shape, None] * rays_world[on_shape]
     shape = index[on_shape]
     local = np.einsum("nji,nj->ni", primitives.rotation[frame, shape],
                       point - primitives.translation[frame, shape])

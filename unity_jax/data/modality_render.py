@@ -8,7 +8,8 @@ numbers (nearest colour, never exact-match lookups):
                 dark-to-bright colour map (near is bright). Decodes to that normalised disparity,
                 i.e. disparity up to scale and shift.
   flow          Middlebury/RAFT colour wheel (hue = direction, saturation = speed) with a fixed
-                maximum magnitude (flow_max_magnitude(width) pixels; longer flows saturate).
+                maximum magnitude (flow_max_magnitude(width) pixels; longer flows saturate) and
+                a square-root magnitude curve (FLOW_MAGNITUDE_GAMMA) so small motions show.
   segmentation  a fixed palette indexed by instance id (0 = background = black).
   skeleton      COCO limbs as coloured lines, then each visible joint as a square dot of a colour
                 unique to (person row, joint) centred on its rounded pixel, on black. Decodes joints
@@ -38,6 +39,9 @@ MIN_DEPTH = 1e-3
 FLOW_MAX_MAGNITUDE = 16.0
 """Flow (pixels) that maps to full saturation in a FLOW_REFERENCE_WIDTH-wide video."""
 FLOW_REFERENCE_WIDTH = 64
+FLOW_MAGNITUDE_GAMMA = 0.5
+"""Saturation = (|flow| / max) ** gamma: the usual 1-3 px motions get visible colours while the
+range still reaches the fast close-ups (the wheel itself is RAFT's)."""
 
 
 def flow_max_magnitude(width: int) -> float:
@@ -167,7 +171,7 @@ def _render_depth(depth: np.ndarray) -> np.ndarray:
 def _render_flow(flow: np.ndarray, max_magnitude: float | None) -> np.ndarray:
   max_magnitude = max_magnitude or flow_max_magnitude(flow.shape[-2])
   u, v = flow[..., 0] / max_magnitude, flow[..., 1] / max_magnitude
-  radius = np.minimum(np.hypot(u, v), 1.0)
+  radius = np.minimum(np.hypot(u, v), 1.0) ** FLOW_MAGNITUDE_GAMMA
   position = (np.arctan2(-v, -u) / np.pi + 1.0) / 2.0 * len(FLOW_COLOUR_WHEEL)
   k0 = np.floor(position).astype(np.int64)
   fraction = (position - k0)[..., None]
@@ -306,7 +310,7 @@ def _decode_flow(video: np.ndarray, max_magnitude: float | None) -> np.ndarray:
   colour = video / 255.0
   # Encoded colour = (1 - r) + r * wheel colour; wheel colours span [0, 1] in every channel,
   # so max - min recovers the radius r and the hue is that of the wheel colour.
-  radius = np.clip(colour.max(-1) - colour.min(-1), 0.0, 1.0)
+  radius = np.clip(colour.max(-1) - colour.min(-1), 0.0, 1.0) ** (1.0 / FLOW_MAGNITUDE_GAMMA)
   position = np.interp(_hue(colour), _WHEEL_HUES, np.arange(len(_WHEEL_HUES)))
   angle = (position / len(FLOW_COLOUR_WHEEL) * 2.0 - 1.0) * np.pi
   flow = -radius[..., None] * np.stack([np.cos(angle), np.sin(angle)], -1) * max_magnitude

@@ -8,7 +8,8 @@ beyond FAR_DEPTH, see the sky.
 Forward flow is exact: the surface point hit at frame t is expressed in its shape's local frame,
 moved with the shape's pose at t+1 (ground and sky are static; sky points sit at FAR_DEPTH) and
 projected with camera t+1; flow = p_{t+1} - p_t in pixels. Occlusion at t+1 is not modelled
-(as for any forward flow). The last frame's flow is zero.
+(as for any forward flow). The last frame's flow is zero, and so is the flow of the (rare)
+points that move behind the camera.
 """
 
 import numpy as np
@@ -217,8 +218,9 @@ def _render_frame(scene, frame, rays_camera, pixel_xy, shaded):
   uv = np.zeros((num_pixels, 2))
   normal = np.tile([0.0, 1.0, 0.0], (num_pixels, 1))
   albedo = np.zeros((num_pixels, 3))
-  # Surface length seen by one pixel: depth / focal, stretched on surfaces seen at a slant.
+
   def footprint(normals, where):
+    """Surface length seen by one pixel: depth / focal, stretched on surfaces seen at a slant."""
     slant = np.maximum(np.abs(np.sum(normals * rays_world[where], -1)), 0.05)
     return depth[where] / camera.focal / slant
 

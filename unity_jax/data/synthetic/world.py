@@ -225,7 +225,8 @@ def _camera_phrase(motion: str, position: np.ndarray, look: np.ndarray) -> str:
   if motion == "pan":
     return f"pans {'right' if np.dot(look[-1] - look[0], right) > 0 else 'left'}"
   if motion == "truck":
-    return f"moves sideways to the {'right' if np.dot(position[-1] - position[0], right) > 0 else 'left'}"
+    side = "right" if np.dot(position[-1] - position[0], right) > 0 else "left"
+    return f"moves sideways to the {side}"
   if motion == "dolly":
     closer = np.linalg.norm(look[-1] - position[-1]) < np.linalg.norm(look[0] - position[0])
     return "moves in" if closer else "pulls back"
@@ -234,7 +235,10 @@ def _camera_phrase(motion: str, position: np.ndarray, look: np.ndarray) -> str:
 
 
 def _place(rng, count, radius_range, occupied, clearance):
-  """`count` ground points (x, z) at least `clearance` from each other and from `occupied`."""
+  """`count` ground points (x, z) at least `clearance` from each other and from `occupied`.
+
+  Gives up on the clearance after 50 tries per point (the last try is kept).
+  """
   points = []
   for _ in range(count):
     for _attempt in range(50):
@@ -279,7 +283,8 @@ def sample_scene(seed: int, source: str, num_frames: int = 17, height: int = 64,
     mids = _place(rng, 1 if source == "single_person" else 2, (0.0, 1.0), [], 1.3)
     for mid in mids:
       add_person(mid, gait_weights=(0.6, 0.15, 0.25))
-    add_objects(_place(rng, int(rng.integers(3)), (1.2, 3.0), mids, 1.2))
+    walked = [point[[0, 2]] for entity in entities for point in entity.path]  # keep paths free
+    add_objects(_place(rng, int(rng.integers(3)), (1.2, 3.0), walked, 1.0))
   elif source == "general":
     add_objects(_place(rng, int(rng.integers(2, 6)), (0.0, 2.2), [], 1.3), scale=1.25)
     distance_range, height_range, target_height = (3.5, 5.5), (1.5, 2.8), 0.4
