@@ -20,7 +20,7 @@ from unity_jax.data import synth_cli
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="unity-data", description=__doc__.split("\n")[0],
+  parser = argparse.ArgumentParser(prog="unity-data", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
   synth = commands.add_parser("synth", help="write synthetic clips as OpenUni shards")
