@@ -1,4 +1,4 @@
-"""OpenUni v1: record round trips, writer layout and manifest, resume after failures, reader, tfds."""
+"""OpenUni v1: record round trips, writer layout + manifest, resume after failures, reader, tfds."""
 
 import json
 import os
@@ -95,7 +95,8 @@ def test_writer_layout_manifest_and_reader(tmp_path):
   entry = writer_lib.write_clips(clips, str(tmp_path), "train", clips_per_shard=2)
   files = sorted(os.listdir(tmp_path / "train"))
   assert [f for f in files if f.endswith(".array_record")] == [
-      "general-00000-of-00001.array_record", "single_person-00000-of-00002.array_record", "single_person-00001-of-00002.array_record",
+      "general-00000-of-00001.array_record",
+      "single_person-00000-of-00002.array_record", "single_person-00001-of-00002.array_record",
       "subject_centric-00000-of-00001.array_record", "two_person-00000-of-00002.array_record",
       "two_person-00001-of-00002.array_record"]
   assert not (tmp_path / "train" / writer_lib.STAGING_DIR).exists()

@@ -71,7 +71,8 @@ def measure(clip: dict, codec: str, repeats: int, skip: tuple[str, ...] = ()) ->
                                *decoded.get("latents", {}).values(),
                                *decoded.get("gt", {}).values()] if a is not None)
   return {"codec": codec, "record_kib": round(len(data) / 1024, 1),
-          "ratio": round(raw / len(data), 2) if not skip else None, "encode_ms": round(1e3 * encode, 2),
+          "ratio": round(raw / len(data), 2) if not skip else None,
+          "encode_ms": round(1e3 * encode, 2),
           "decode_ms": round(1e3 * decode, 3), "decode_clips_per_s": round(1 / decode, 1),
           "decode_mb_per_s": round(raw / decode / 1e6, 1)}
 

@@ -64,7 +64,8 @@ class OpenUniSource:
     """Returns (shard number, record number in that shard) of source position `index`."""
     index = int(index)
     if not 0 <= index < len(self):
-      raise IndexError(f"{self.split}/{self.source_name}: index {index} out of range [0, {len(self)})")
+      raise IndexError(f"{self.split}/{self.source_name}: index {index} out of range "
+                       f"[0, {len(self)})")
     shard = bisect.bisect_right(self._starts, index) - 1
     return shard, index - self._starts[shard]
 

@@ -58,7 +58,11 @@ def _default_codec(name: str, video_codec: str) -> str:
 
 
 def encode_array(array: np.ndarray, codec: str) -> tuple[str, bytes]:
-  """Encodes a C-ordered array's bytes with `codec` (VIDEO_CODECS); returns (stored codec, bytes)."""
+  """Encodes an array's C-ordered bytes with `codec` (VIDEO_CODECS).
+
+  Returns:
+    (the codec stored in the header, the encoded bytes).
+  """
   data = np.ascontiguousarray(array)
   if codec == "raw":
     return codec, data.tobytes()
@@ -110,7 +114,8 @@ def _parse_header(data: bytes, where: str) -> tuple[dict, int]:
                       f"{_PREFIX.size}-byte prefix (truncated?)")
   magic, version, flags, header_length, crc = _PREFIX.unpack_from(data)
   if magic != MAGIC:
-    raise RecordError(f"{where}: not an OpenUni record (magic {bytes(magic)!r}, expected {MAGIC!r})")
+    raise RecordError(f"{where}: not an OpenUni record (magic {bytes(magic)!r}, "
+                      f"expected {MAGIC!r})")
   if version != schema.SCHEMA_VERSION:
     raise RecordError(f"{where}: record has schema version {version}; this reader supports "
                       f"version {schema.SCHEMA_VERSION} only")

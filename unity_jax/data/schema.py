@@ -83,7 +83,8 @@ def array_spec(name: str, where: str) -> tuple[tuple[np.dtype, ...], tuple]:
   if name == "caption_embedding":
     return EMBEDDING_DTYPES, CAPTION_EMBEDDING_PATTERN
   raise RecordError(
-      f"{where}: unknown array {name!r}; expected rgb, modalities/<{'|'.join(constants.MODALITIES)}>,"
+      f"{where}: unknown array {name!r}; expected rgb, "
+      f"modalities/<{'|'.join(constants.MODALITIES)}>,"
       f" gt/<{'|'.join(GT_SPECS)}>, latents/<{'|'.join(LATENT_NAMES)}> or caption_embedding")
 
 
@@ -140,8 +141,8 @@ def validate_metadata(meta: Mapping[str, Any], where: str) -> None:
   available = meta["available"]
   if not isinstance(available, Mapping) or set(available) != set(constants.MODALITIES):
     keys = sorted(available) if isinstance(available, Mapping) else type(available).__name__
-    raise RecordError(f"{where}: 'available' must map exactly {list(constants.MODALITIES)} to bools,"
-                      f" got {keys}")
+    raise RecordError(f"{where}: 'available' must map exactly {list(constants.MODALITIES)} to "
+                      f"bools, got {keys}")
   for name, flag in available.items():
     if not isinstance(flag, (bool, np.bool_)):
       raise RecordError(f"{where}: available[{name!r}] must be a bool, got {flag!r}")

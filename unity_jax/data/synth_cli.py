@@ -9,6 +9,7 @@ command again: clips already in complete staged shards are not generated again.
 """
 
 import argparse
+import importlib
 import json
 import os
 import time
@@ -93,14 +94,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     raise ValueError(f"--clips must be >= 0, got {args.clips}")
   with_gt = args.split == "eval" if args.with_gt is None else args.with_gt
   try:
-    from unity_jax.data.synthetic import generate_clip  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    synthetic = importlib.import_module("unity_jax.data.synthetic")
   except ImportError as error:
-    raise RuntimeError("the synthetic world (unity_jax.data.synthetic.generate_clip) is not "
-                       f"available: {error}") from None
+    raise RuntimeError(f"the synthetic world is not importable: {error}") from None
+  if not hasattr(synthetic, "generate_clip"):
+    raise RuntimeError("unity_jax.data.synthetic does not export generate_clip yet")
   if args.clips:
     clip_seed(args.seed, args.clips - 1, args.split)  # Range check before any work.
-  signature = {"command": "synth", "clips": args.clips, "seed": args.seed, "frames": frames, "height": height,
-               "width": width, "with_gt": with_gt, "video_codec": args.video_codec}
+  signature = {"command": "synth", "clips": args.clips, "seed": args.seed, "frames": frames,
+               "height": height, "width": width, "with_gt": with_gt,
+               "video_codec": args.video_codec}
   started = time.perf_counter()
   with writer_lib.SplitWriter(args.out, args.split, args.clips_per_shard,
                               resume=not args.no_resume, signature=signature,

@@ -109,7 +109,7 @@ def _has_full_gt(entry: Mapping[str, Any]) -> bool:
 
 
 def build_tfds(openuni_dir: str, tfds_dir: str, config: str = "clips") -> OpenUni:
-  """Builds (or reuses) the TFDS dataset `open_uni/<config>` under `tfds_dir`; returns the builder."""
+  """Builds (or reuses) the TFDS dataset `open_uni/<config>` under `tfds_dir`; returns it."""
   builder = OpenUni(data_dir=tfds_dir, config=config, file_format="array_record")
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=openuni_dir))

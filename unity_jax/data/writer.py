@@ -43,7 +43,7 @@ def shard_name(source: str, index: int, count: int) -> str:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via a temp file, fsync and rename: readers see old or new, never half."""
+  """Writes `data` to `path` via temp file, fsync, rename: readers see old or new, never half."""
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "wb") as f:
     f.write(data)
@@ -118,7 +118,8 @@ class SplitWriter:
     if clips_per_shard < 1:
       raise ValueError(f"clips_per_shard must be >= 1, got {clips_per_shard}")
     if not split or not split.replace("_", "").replace("-", "").isalnum():
-      raise ValueError(f"split must be a non-empty name of letters, digits, '-' or '_', got {split!r}")
+      raise ValueError(f"split must be a non-empty name of letters, digits, '-' or '_', "
+                       f"got {split!r}")
     self.data_dir, self.split = data_dir, split
     self.clips_per_shard, self.video_codec = clips_per_shard, video_codec
     self.split_dir = os.path.join(data_dir, split)
@@ -131,8 +132,12 @@ class SplitWriter:
     self._staged: dict[tuple[str, int], dict] = {}  # (source, number) -> sidecar.
     self._ids: set[str] = set()
     self._done = False
-    self._prepare_staging(resume, {"signature": signature, "clips_per_shard": clips_per_shard,
-                                   "schema_version": schema.SCHEMA_VERSION})
+    try:
+      self._prepare_staging(resume, {"signature": signature, "clips_per_shard": clips_per_shard,
+                                     "schema_version": schema.SCHEMA_VERSION})
+    except BaseException:
+      self._release()
+      raise
     self._skip_keys = self.completed_keys
     self.entry: dict | None = None  # The split's manifest entry, once finalized.
 
@@ -258,6 +263,10 @@ class SplitWriter:
 
     Returns the split's manifest entry.
     """
+    if self.entry is not None:
+      return self.entry  # Already finalized (e.g. explicitly inside a `with` block).
+    if self._done:
+      raise RuntimeError(f"writer of split {self.split!r} was aborted; start a new one to resume")
     for shard in list(self._open.values()):
       self._close_shard(shard)
     plan = self._final_names()
@@ -332,10 +341,14 @@ class SplitWriter:
     return self
 
   def __exit__(self, exc_type, exc, traceback) -> None:
-    if exc_type is None:
-      self.finalize()
-    else:
+    if exc_type is not None:
       self.abort()
+      return
+    try:
+      self.finalize()
+    except BaseException:
+      self.abort()  # Releases the lock; complete staged shards stay for a resumed run.
+      raise
 
 
 def write_clips(clips: Iterable[Mapping[str, Any]], data_dir: str, split: str,
