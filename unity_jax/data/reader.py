@@ -131,6 +131,8 @@ class OpenUniReader:
       self.manifest = writer_lib.read_manifest(self.data_dir)
     except ValueError as error:  # Bad JSON, or a RecordError for the wrong schema version.
       raise RecordError(f"{path}: unreadable manifest ({error})") from None
+    if not isinstance(self.manifest.get("splits"), dict):
+      raise RecordError(f"{path}: manifest has no 'splits' object")
 
   @property
   def splits(self) -> tuple[str, ...]:
