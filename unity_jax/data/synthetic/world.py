@@ -2,7 +2,7 @@
 
 `sample_scene(seed, source, ...)` is deterministic: it draws everything from
 `np.random.default_rng([seed, source_id(source)])`. Scenes per source group:
-  single_person    one person (walk / jog / wave) and 0-2 objects, camera 3.8-5.5 m away.
+  single_person    one person (walk / jog / wave) and 0-2 objects, camera 3.2-4.8 m away.
   two_person       two people and 0-2 objects.
   general          2-5 objects (balls, boxes, cylinders), no people.
   subject_centric  one subject (a person, or a large object) 2-3 m from the camera, which
@@ -260,8 +260,8 @@ def sample_scene(seed: int, source: str, num_frames: int = 17, height: int = 64,
   rng = np.random.default_rng([seed, source_index])
   times = np.arange(num_frames) / FPS
   shapes, entities, keypoints = [], [], []
-  target_height, fov_range = 0.85, (50.0, 65.0)
-  distance_range, height_range = (3.8, 5.5), (1.2, 2.2)
+  target_height, fov_range = 0.85, (45.0, 60.0)
+  distance_range, height_range = (3.2, 4.8), (1.2, 2.0)
   motion = CAMERA_MOTIONS[rng.integers(len(CAMERA_MOTIONS))]
   follow = None  # entity path the camera follows (subject-centric movers)
 
@@ -288,6 +288,7 @@ def sample_scene(seed: int, source: str, num_frames: int = 17, height: int = 64,
   elif source == "general":
     add_objects(_place(rng, int(rng.integers(2, 6)), (0.0, 2.2), [], 1.3), scale=1.25)
     distance_range, height_range, target_height = (3.5, 5.5), (1.5, 2.8), 0.4
+    fov_range = (50.0, 65.0)
   else:  # subject_centric
     distance_range, height_range, fov_range = (2.0, 2.7), (1.0, 1.5), (45.0, 55.0)
     if rng.random() < 0.6:
