@@ -101,6 +101,23 @@ def stack_shapes(shapes: list[Shape], num_frames: int) -> Primitives:
   )
 
 
+def bounding_spheres(primitives: Primitives,
+                     frame: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Spheres enclosing each shape: world centres float [T, K, 3] (or [K, 3] for one `frame`)
+  and radii float [K]."""
+  size, kind = primitives.size, primitives.kind
+  local_centre = np.zeros_like(size)
+  radius = size[:, 0].copy()  # spheres
+  capsule = kind == CAPSULE
+  local_centre[capsule, 1] = size[capsule, 1] / 2
+  radius[capsule] += size[capsule, 1] / 2
+  radius[kind == BOX] = np.linalg.norm(size[kind == BOX], axis=-1)
+  radius[kind == CYLINDER] = np.hypot(size[kind == CYLINDER, 0], size[kind == CYLINDER, 1])
+  frames = slice(None) if frame is None else frame
+  rotation, translation = primitives.rotation[frames], primitives.translation[frames]
+  return (rotation @ local_centre[..., None])[..., 0] + translation, radius
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
   """Unit vectors along the last axis (float [..., 3])."""
   return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)

@@ -90,18 +90,30 @@ _HIT_FUNCTIONS = {prim.SPHERE: _hit_spheres, prim.CAPSULE: _hit_capsules, prim.B
 
 
 def nearest_hits(primitives, frame, origin, directions):
-  """Nearest hit per ray: (distance float [N], shape index int [N]; _GROUND / _SKY)."""
+  """Nearest hit per ray: (distance float [N], shape index int [N]; _GROUND / _SKY).
+
+  origin: float [3] world camera centre; directions: float [N, 3] unit world rays.
+  """
   count = primitives.count
   distances = np.full((count + 1, len(directions)), np.inf)
   with np.errstate(divide="ignore", invalid="ignore"):
     t_ground = -origin[1] / directions[:, 1]
   distances[count] = np.where((directions[:, 1] < 0) & (t_ground > NEAR), t_ground, np.inf)
+  # Cull with bounding spheres: each shape kind is only tested against the rays that pass
+  # near one of its members (people cover a small part of the frame).
+  centres, radii = prim.bounding_spheres(primitives, frame)
+  to_centre = centres - origin  # [K, 3]
+  along = to_centre @ directions.T  # [K, N]
+  near = ((to_centre ** 2).sum(-1)[:, None] - along ** 2 <= radii[:, None] ** 2) & (
+      along > -radii[:, None])
   for kind, hit in _HIT_FUNCTIONS.items():
     members = np.nonzero(primitives.kind == kind)[0]
-    if len(members):
+    rays = np.nonzero(near[members].any(0))[0] if len(members) else members
+    if len(rays):
       to_local = primitives.rotation[frame, members].transpose(0, 2, 1)  # world -> local
       local_origin = to_local @ (origin - primitives.translation[frame, members])[..., None]
-      distances[members] = hit(local_origin, to_local @ directions.T, primitives.size[members])
+      distances[np.ix_(members, rays)] = hit(local_origin, to_local @ directions[rays].T,
+                                             primitives.size[members])
   nearest = np.argmin(distances, axis=0)
   distance = distances[nearest, np.arange(len(directions))]
   index = np.where(nearest == count, _GROUND, nearest)

@@ -180,22 +180,6 @@ def _person(rng: np.random.Generator, instance: int, mid: np.ndarray, times: np.
   return spec, shapes, keypoints, Entity(instance, "person", description, action, path)
 
 
-def _bounding_spheres(primitives: prim.Primitives) -> tuple[np.ndarray, np.ndarray]:
-  """World centres float [T, K, 3] and radii float [K] enclosing each shape."""
-  size = primitives.size
-  local_centre = np.zeros_like(size)
-  radius = size[:, 0].copy()
-  capsule = primitives.kind == prim.CAPSULE
-  local_centre[capsule, 1] = size[capsule, 1] / 2
-  radius[capsule] += size[capsule, 1] / 2
-  box = primitives.kind == prim.BOX
-  radius[box] = np.linalg.norm(size[box], axis=-1)
-  cylinder = primitives.kind == prim.CYLINDER
-  radius[cylinder] = np.hypot(size[cylinder, 0], size[cylinder, 1])
-  centre = np.einsum("tkij,kj->tki", primitives.rotation, local_centre) + primitives.translation
-  return centre, radius
-
-
 def _camera_path(rng, motion, times, target, distance, height, azimuth):
   """Camera centres and look-at points float [T, 3] for one of CAMERA_MOTIONS around `target`."""
   progress = (times - times[0]) / max(times[-1] - times[0], 1e-9) - 0.5  # -0.5 .. 0.5
@@ -304,7 +288,7 @@ def sample_scene(seed: int, source: str, num_frames: int = 17, height: int = 64,
     add_objects(_place(rng, int(rng.integers(2)), (3.0, 4.5), [np.zeros(2)], 1.2))
 
   primitives = prim.stack_shapes(shapes, num_frames)
-  centres, radii = _bounding_spheres(primitives)
+  centres, radii = prim.bounding_spheres(primitives)
   target = np.array([0.0, target_height, 0.0])
   for attempt in range(40):  # Keep the camera clear of every shape in every frame.
     distance = rng.uniform(*distance_range) + 0.1 * attempt
