@@ -26,6 +26,7 @@ ENUMS = {
     "codec.name": ("pixel", "wan2.1_vae", "wan2.2_vae"),
     "objective.timestep_sampling": ("uniform", "logit_normal"),
     "objective.timesteps": ("independent", "shared"),
+    "data.no_modality": ("rgb_only", "drop"),
 }
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 
@@ -66,11 +67,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.codec = dict(name="pixel", spatial_stride=2, temporal_stride=4, latent_channels=48)
   c.data = dict(dir="", num_frames=9, height=32, width=32, caption_len=64, prompt_len=32,
                 source_weights=(1, 1, 1, 1), worker_count=0, prefetch_buffer=2,
-                skip_corrupt=False, flip_augment=False)
+                skip_corrupt=False, flip_augment=False, no_modality="rgb_only")
   c.objective = dict(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0,
                      caption_dropout=0.1, timesteps="independent")
   c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="fsdp_tp")
-  c.train = dict(batch_size=8)
+  c.train = dict(
+      batch_size=8, accumulate_steps=1, data_source="random",
+      # AdamW; lr/warmup_steps/schedule/min_lr_ratio may be overridden per stage (stage.lr, ...).
+      lr=1e-3, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.01,
+      b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0,
+      # ((glob over 'a/b/c' param paths, multiplier), ...); first match wins, default 1.
+      lr_multipliers=(), no_weight_decay=("*bias", "*scale", "*norm*"),
+      ema_decay=0.999, ema_every=1, carry_optimizer_across_stages=True,
+      checkpoint_every=100, keep_checkpoints=3, nonfinite_policy="stop",
+      max_consecutive_nonfinite=3, log_every=10, export="ema", distributed="auto",
+      debug_nan_steps=())
   c.stages = paper_stages(100, 100)
   return ml_collections.ConfigDict(c)
 
@@ -202,12 +213,18 @@ def validate(config, num_devices: int | None = None) -> None:
     _validate_stage(f"stages[{i}]", s, config.train.batch_size)
   if config.train.batch_size < 1:
     _fail("train.batch_size", config.train.batch_size, "must be >= 1")
+  _validate_train(config)
   if num_devices is not None:
     sizes = mesh_shape(config, num_devices)
     data_parallel = sizes["data"] * sizes["fsdp"]
     if config.train.batch_size % data_parallel:
       _fail("train.batch_size", config.train.batch_size,
             f"must be divisible by the data-parallel size data*fsdp={data_parallel}")
+    micro_batch = config.train.batch_size // config.train.accumulate_steps
+    if micro_batch % data_parallel:
+      _fail("train.accumulate_steps", config.train.accumulate_steps,
+            f"the micro-batch batch_size/accumulate_steps={micro_batch} must be divisible by "
+            f"the data-parallel size data*fsdp={data_parallel}")
     if m.num_heads % sizes["tensor"] or m.ffn_dim % sizes["tensor"]:
       _fail("mesh.tensor", sizes["tensor"], f"must divide model.num_heads={m.num_heads} and "
             f"model.ffn_dim={m.ffn_dim}")
@@ -239,3 +256,66 @@ def _validate_stage(key, s, batch_size):
   if batch_size % len(s.sources):
     _fail("train.batch_size", batch_size, f"must split into {len(s.sources)} equal source "
           f"groups for {key}.sources={tuple(s.sources)}")
+
+
+TRAIN_ENUMS = {
+    "data_source": ("random", "openuni"),
+    "schedule": ("cosine", "constant"),
+    "nonfinite_policy": ("stop", "skip"),
+    "export": ("ema", "params", "none"),
+    "distributed": ("auto", "on", "off"),
+}
+STAGE_SCHEDULE_KEYS = ("lr", "warmup_steps", "schedule", "min_lr_ratio")
+"""Optional per-stage overrides of the train.* learning-rate schedule keys."""
+
+
+def _validate_schedule(key, lr, warmup_steps, schedule, min_lr_ratio):
+  if not lr > 0:
+    _fail(f"{key}.lr", lr, "must be > 0")
+  if warmup_steps < 0:
+    _fail(f"{key}.warmup_steps", warmup_steps, "must be >= 0")
+  if schedule not in TRAIN_ENUMS["schedule"]:
+    _fail(f"{key}.schedule", schedule, f"must be one of {list(TRAIN_ENUMS['schedule'])}")
+  if not 0.0 <= min_lr_ratio <= 1.0:
+    _fail(f"{key}.min_lr_ratio", min_lr_ratio, "must lie in [0, 1]")
+
+
+def _validate_train(config):
+  """Rules for config.train (optimizer, EMA, checkpoints, non-finite policy, data source)."""
+  t = config.train
+  for name, choices in TRAIN_ENUMS.items():
+    if t[name] not in choices:
+      _fail(f"train.{name}", t[name], f"must be one of {list(choices)}")
+  if t.data_source == "openuni" and not config.data.dir:
+    _fail("data.dir", config.data.dir, "train.data_source='openuni' needs the OpenUni data "
+          "directory (write one with `unity-data synth --out DIR`)")
+  if t.accumulate_steps < 1 or t.batch_size % t.accumulate_steps:
+    _fail("train.accumulate_steps", t.accumulate_steps,
+          f"must be >= 1 and divide train.batch_size={t.batch_size}")
+  _validate_schedule("train", t.lr, t.warmup_steps, t.schedule, t.min_lr_ratio)
+  for i, s in enumerate(config.stages):
+    _validate_schedule(f"stages[{i}]", *(s.get(k, t[k]) for k in STAGE_SCHEDULE_KEYS))
+  if t.weight_decay < 0:
+    _fail("train.weight_decay", t.weight_decay, "must be >= 0")
+  for name in ("b1", "b2"):
+    if not 0.0 <= t[name] < 1.0:
+      _fail(f"train.{name}", t[name], "must lie in [0, 1)")
+  if not t.eps > 0:
+    _fail("train.eps", t.eps, "must be > 0")
+  if t.grad_clip < 0:
+    _fail("train.grad_clip", t.grad_clip, "must be >= 0 (0 disables clipping)")
+  for entry in t.lr_multipliers:
+    if (len(entry) != 2 or not isinstance(entry[0], str) or
+        not isinstance(entry[1], (int, float)) or entry[1] < 0):
+      _fail("train.lr_multipliers", tuple(t.lr_multipliers), "must be (glob pattern, "
+            "multiplier >= 0) pairs, e.g. (('modality_*', 10.0),)")
+  if any(not isinstance(p, str) for p in t.no_weight_decay):
+    _fail("train.no_weight_decay", tuple(t.no_weight_decay), "must be glob patterns (strings)")
+  if not 0.0 <= t.ema_decay < 1.0:
+    _fail("train.ema_decay", t.ema_decay, "must lie in [0, 1)")
+  for name in ("ema_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_nonfinite",
+               "log_every"):
+    if t[name] < 1:
+      _fail(f"train.{name}", t[name], "must be >= 1")
+  if any(not isinstance(s, int) or s < 0 for s in t.debug_nan_steps):
+    _fail("train.debug_nan_steps", tuple(t.debug_nan_steps), "must be non-negative step numbers")
