@@ -111,15 +111,34 @@ WAN_CODECS = {
 }
 
 
-def preset(config, *, dim, num_layers, num_heads, ffn_dim, codec, text_dim=4096):
-  """Applies a large-model geometry (precomputed umT5 captions, Wan VAE latents, bf16, FSDP)."""
-  config.model.update(dim=dim, num_layers=num_layers, num_heads=num_heads, ffn_dim=ffn_dim,
-                      text_encoder="precomputed", text_dim=text_dim, text_max_len=512,
-                      remat="full", attention="chunked", dtype="bfloat16")
-  config.codec = ml_collections.ConfigDict(WAN_CODECS[codec])
+PRESETS = {
+    # name: geometry (see docs/configs.md; parameter counts in benchmarks/model_flops.py).
+    "wan21_1_3b": dict(dim=1536, num_layers=30, num_heads=12, ffn_dim=8960, codec="wan2.1_vae"),
+    "unity_5b": dict(dim=3072, num_layers=30, num_heads=24, ffn_dim=14336, codec="wan2.2_vae"),
+    "unity_10b": dict(dim=4096, num_layers=40, num_heads=32, ffn_dim=14336, codec="wan2.2_vae"),
+    "wan21_14b": dict(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, codec="wan2.1_vae"),
+}
+
+
+def preset_config(name, arg=None):
+  """A large-model config: preset geometry, precomputed umT5 captions, Wan VAE latents, bf16,
+  FSDP, Wan TI2V's timestep shift 5 and the paper's two stages (16K + 40K steps)."""
+  geometry = dict(PRESETS[name])
+  config = base_config()
+  config.model.update(text_encoder="precomputed", text_dim=4096, text_max_len=512, remat="full",
+                      attention="chunked", dtype="bfloat16", **{
+                          k: v for k, v in geometry.items() if k != "codec"})
+  config.codec = ml_collections.ConfigDict(WAN_CODECS[geometry["codec"]])
   config.data.update(num_frames=33, height=256, width=256, caption_len=512, prompt_len=64)
   config.mesh.update(data=-1, fsdp=8, tensor=1, context=1)
-  config.train.batch_size = 32
+  config.objective.shift = 5.0
+  # Paper: batch 32, lr 5e-5. Release: warmup 200, clip 1.5, EMA 0.9999, 10x lr on the new
+  # modality parameters when fine-tuning from a pretrained backbone.
+  config.train.update(batch_size=32, lr=5e-5, warmup_steps=200, grad_clip=1.5,
+                      ema_decay=0.9999, lr_multipliers=(("modality_*", 10.0),))
+  config.stages = paper_stages(16_000, 40_000)
+  if "smoke" in parse_args(arg):
+    apply_smoke(config)
   return config
 
 
