@@ -107,7 +107,10 @@ class Monitor:
               "steps_per_sec": self._window_steps / elapsed if elapsed > 0 else None,
               "time": time.time()}
     for key, values in sorted(self._window.items()):
-      mean = float(np.mean(values))
+      counts = self._window.get("count/" + key[len("loss/"):]) if key.startswith("loss/") else None
+      # Per-task / per-modality losses are means over the samples that had them.
+      mean = (float(np.dot(values, counts) / max(np.sum(counts), 1.0)) if counts is not None
+              else float(np.mean(values)))
       record[key] = mean if math.isfinite(mean) else str(mean)
       self._tensorboard.add_scalar(key, mean, step)
     self._jsonl.write(json.dumps(record) + "\n")

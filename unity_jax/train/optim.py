@@ -98,7 +98,7 @@ def learning_rate(config, step, stage):
   """
   table = {k: jnp.asarray(v) for k, v in stage_schedule_table(config).items()}
   at = lambda name: table[name][stage]
-  local = (step - at("start")).astype(jnp.float32)
+  local = jnp.maximum(step - at("start"), 0).astype(jnp.float32)
   warmup = at("warmup").astype(jnp.float32)
   warm = jnp.minimum(1.0, (local + 1.0) / jnp.maximum(warmup, 1.0))
   decay_steps = jnp.maximum(at("steps").astype(jnp.float32) - warmup - 1.0, 1.0)
