@@ -258,18 +258,21 @@ class Pipeline:
       modality.append(jax.random.normal(key_modality, latent_shape, jnp.float32))
     return np.stack(rgb), np.stack(modality)
 
-  def _sample(self, task, captions, modality, targets, seed, num_steps, solver, guidance_scale,
-              condition_scale, videos=None):
+  def prepare_inputs(self, task: str, captions: Sequence[str], modality: str | None = None, *,
+                     seed=0, targets=None, videos=None) -> tuple[dict, list[int]]:
+    """Host inputs of denoise.make_sample_fn for one batch, and the per-sample seeds.
+
+    task: one of denoise.TASKS; captions: B strings; videos: uint8 [B, T, H, W, 3], the
+    condition (control) or the RGB clip (estimate). Noise of sample i comes from seed + i
+    (or seed[i] for a list).
+    """
     if not captions:
       raise ValueError("prompt: need at least one prompt")
     if task != "rgb":
       constants.modality_id(modality)  # Clear error for an unknown name.
-    samplers.check_solver(solver)
-    if int(num_steps) != num_steps or num_steps < 1:
-      raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     batch = len(captions)
-    seeds = ([int(seed) + i for i in range(batch)] if not isinstance(seed, (list, tuple))
-             else [int(s) for s in _as_list(seed, batch, "seed")])
+    seeds = ([int(s) for s in _as_list(seed, batch, "seed")] if isinstance(seed, (list, tuple))
+             else [int(seed) + i for i in range(batch)])
     d = self.config.data
     noise_rgb, noise_modality = self._noise(seeds, model_lib.latent_grid(self.config))
     clean = None if videos is None else np.asarray(self.codec.encode(videos), np.float32)
@@ -286,6 +289,15 @@ class Pipeline:
       inputs.update(modality=stream[:, None],
                     modality_id=np.full((batch, 1), constants.modality_id(modality), np.int32),
                     prompt={"tokens": prompt_tokens[:, None], "mask": prompt_mask[:, None]})
+    return inputs, seeds
+
+  def _sample(self, task, captions, modality, targets, seed, num_steps, solver, guidance_scale,
+              condition_scale, videos=None):
+    samplers.check_solver(solver)
+    if int(num_steps) != num_steps or num_steps < 1:
+      raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    inputs, seeds = self.prepare_inputs(task, captions, modality, seed=seed, targets=targets,
+                                        videos=videos)
     spec = denoise.SamplerSpec(
         task=task, solver=solver,
         # An all-empty caption equals the unconditional one: guidance would change nothing.
