@@ -45,7 +45,7 @@ def reference():
   return config, params, batch, loss, metrics, grads
 
 
-@pytest.mark.parametrize("shape", [(8, 1, 1, 1), (2, 2, 2, 1), (1, 4, 2, 1)])
+@pytest.mark.parametrize("shape", [(8, 1, 1, 1), (2, 2, 2, 1), (1, 4, 2, 1), (2, 1, 2, 2)])
 def test_sharded_loss_and_grads_equal_unsharded(reference, shape):
   config, params, batch, loss, metrics, grads = reference
   config = config.copy_and_resolve_references()
