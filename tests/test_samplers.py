@@ -182,6 +182,28 @@ def test_estimate_keeps_rgb_and_rgb_task_has_no_modality():
   assert modality is None and rgb.shape == inputs["rgb"].shape
 
 
+class _TimestepEchoModel:
+  """RGB velocity = the modality stream's conditioning timestep t_m (modality velocity 0)."""
+
+  def apply(self, variables, *, rgb, t_modality=None, modality=None, **unused):
+    del variables, unused
+    return jnp.broadcast_to(t_modality[:, :, None, None, None], rgb.shape), jnp.zeros_like(
+        modality)
+
+
+def test_clean_stream_timestep_is_zero_or_shared_like_training():
+  """objective.timesteps='independent' trains the clean control stream at t_m = 0; 'shared'
+  conditions both streams on the noised stream's t, and sampling must do the same."""
+  inputs = _loop_inputs()
+  ts = schedules.sampling_schedule(4, 3.0)
+  run = lambda shared: jax.jit(denoise.make_sample_fn(
+      _TimestepEchoModel(), denoise.SamplerSpec("control", shared_timesteps=shared)))(
+          None, inputs, ts, 1.0, 1.0)[0]
+  np.testing.assert_array_equal(run(False), inputs["rgb"])             # t_m = 0 throughout
+  euler_sum = float(jnp.sum(jnp.diff(ts) * ts[:-1]))                   # Σ h_n t_n
+  np.testing.assert_allclose(run(True), inputs["rgb"] + euler_sum, atol=1e-6)
+
+
 def test_sampler_spec_rejects_bad_combinations():
   with pytest.raises(ValueError, match="unknown sampling task 'inpaint'"):
     denoise.SamplerSpec("inpaint")

@@ -1,8 +1,8 @@
-"""`unity-sample`: sample a trained workdir from the command line (DESIGN.md §6).
+r"""`unity-sample`: sample a trained workdir from the command line (DESIGN.md §6).
 
   unity-sample --workdir runs/tiny --task joint --modality depth --prompt "a red ball" --out a.mp4
-  unity-sample --workdir runs/tiny --task control --modality depth --input depth.npy --prompt "..." \
-      --out b.mp4
+  unity-sample --workdir runs/tiny --task control --modality depth --input depth.npy \
+      --prompt "a person waves" --out b.mp4
   unity-sample --workdir runs/tiny --task estimate --modality flow --input clip.mp4 --out c.png
 
 --out receives the side-by-side grid (RGB | modality [| --ground-truth]) as .mp4, .gif, .png
