@@ -217,8 +217,8 @@ def test_cli_estimate_writes_grid_streams_and_values(workdir, tmp_path, capsys):
                    str(tmp_path / "clip.npy"), "--ground-truth", str(tmp_path / "clip.npy"),
                    "--out", out, "--steps", "2", "--scale", "1", "--save-streams"]) == 0
   assert "estimate depth" in capsys.readouterr().out
-  sheet = _png(out)                          # PNG frame sheet of the grid
-  assert sheet.shape[1] == 3 * 16 + 2 * 2    # RGB | depth | ground truth, 2-px gaps
+  sheet = _png(out)                          # PNG frame sheet of the grid, labels on top
+  assert sheet.shape == (12 + 5 * 16 + 4 * 2, 3 * 16 + 2 * 2, 3)   # RGB | depth | truth
   # The RGB stream of an estimate is the input clip, written losslessly.
   np.testing.assert_array_equal(_png(tmp_path / "est.rgb.png"), video_io.frame_sheet(video))
   assert _png(tmp_path / "est.modality.png").shape == video_io.frame_sheet(video).shape
@@ -258,6 +258,9 @@ def test_video_files_and_grids(tmp_path):
   assert grid.shape == (5, 12 + 30, 2 * 34 + 3, 3)
   video_io.write_video(str(tmp_path / "g.png"), grid)
   assert _png(tmp_path / "g.png").shape == (5 * 42 + 4 * 2, 71, 3)
+  video_io.write_grid(str(tmp_path / "h.png"), [video, video], labels=["RGB", "depth"], scale=2,
+                      gap=3)   # a frame sheet labelled once on top
+  assert _png(tmp_path / "h.png").shape == (12 + 5 * 30 + 4 * 3, 71, 3)
   with pytest.raises(ValueError, match="unsupported video file type '.avi'"):
     video_io.write_video(str(tmp_path / "v.avi"), video)
   with pytest.raises(ValueError, match="panel 1 has 4 frames"):

@@ -59,8 +59,8 @@ class SampleOutput:
   modality: np.ndarray | None = None
   values: Any = None
 
-  def grid(self, ground_truth=None, *, scale: int = 1, labels: bool = True) -> np.ndarray:
-    """Side-by-side video uint8 [T, H', W', 3]: RGB | modality | ground truth (when given)."""
+  def panels(self, ground_truth=None) -> tuple[list[np.ndarray], list[str]]:
+    """(videos, labels) of the grid: RGB | modality | ground truth (when given)."""
     panels, names = [self.rgb], ["RGB"]
     if self.modality is not None:
       panels.append(self.modality)
@@ -68,11 +68,17 @@ class SampleOutput:
     if ground_truth is not None:
       panels.append(video_io.as_video(ground_truth, "ground_truth"))
       names.append("ground truth")
+    return panels, names
+
+  def grid(self, ground_truth=None, *, scale: int = 1, labels: bool = True) -> np.ndarray:
+    """Side-by-side video uint8 [T, H', W', 3]: RGB | modality | ground truth (when given)."""
+    panels, names = self.panels(ground_truth)
     return video_io.side_by_side(panels, scale=scale, labels=names if labels else None)
 
   def save(self, path: str, ground_truth=None, *, scale: int = 2, fps: int = 8) -> str:
     """Writes the grid to .mp4 / .gif / .png (frame sheet) / .npy; returns the path."""
-    return video_io.write_video(path, self.grid(ground_truth, scale=scale), fps=fps)
+    panels, names = self.panels(ground_truth)
+    return video_io.write_grid(path, panels, labels=names, scale=scale, fps=fps)
 
 
 def config_from_json(data: dict) -> ml_collections.ConfigDict:

@@ -10,6 +10,7 @@ Videos are uint8 [T, H, W, 3] everywhere. Files:
 """
 
 import os
+import warnings
 
 import numpy as np
 
@@ -69,8 +70,11 @@ def write_video(path: str, video, fps: int = 8) -> str:
   else:
     pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
     video = np.pad(video, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)])
-    iio.imwrite(path, video, fps=fps, codec="libx264", macro_block_size=1,
-                output_params=["-pix_fmt", "yuv420p"])
+    with warnings.catch_warnings():
+      # imageio-ffmpeg starts ffmpeg with subprocess (fork + immediate exec, no Python runs in
+      # the child), which JAX's at-fork hook warns about needlessly.
+      warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+      iio.imwrite(path, video, fps=fps, codec="libx264", macro_block_size=1)
   return path
 
 
@@ -102,6 +106,20 @@ def side_by_side(panels, *, scale: int = 1, gap: int = 2, labels=None) -> np.nda
     strip = _label_strip(labels, widths, gap)
     grid = np.concatenate([np.broadcast_to(strip, (frames, *strip.shape)), grid], axis=1)
   return np.ascontiguousarray(grid)
+
+
+def write_grid(path: str, panels, *, labels=None, scale: int = 1, gap: int = 2,
+               fps: int = 8) -> str:
+  """Writes panels side by side (see side_by_side); a .png frame sheet is labelled once on top
+  rather than above every frame."""
+  if _suffix(path) != ".png" or labels is None:
+    return write_video(path, side_by_side(panels, scale=scale, gap=gap, labels=labels), fps=fps)
+  sheet = frame_sheet(side_by_side(panels, scale=scale, gap=gap), gap)
+  widths = [p.shape[2] * scale for p in panels]
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  iio.imwrite(path, np.concatenate([_label_strip(labels, widths, gap), sheet], axis=0))
+  return path
 
 
 def _label_strip(labels, widths, gap) -> np.ndarray:
