@@ -9,6 +9,7 @@ Videos are uint8 [T, H, W, 3] everywhere. Files:
          stacked top to bottom).
 """
 
+import contextlib
 import os
 import warnings
 
@@ -40,6 +41,15 @@ def as_video(video, name: str = "video") -> np.ndarray:
   return video[..., :3]
 
 
+@contextlib.contextmanager
+def _ffmpeg_subprocess():
+  """imageio-ffmpeg runs ffmpeg through subprocess (fork, then exec at once: no Python code runs
+  in the child), which JAX's at-fork hook warns about needlessly; silence just that warning."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+    yield
+
+
 def read_video(path: str) -> np.ndarray:
   """uint8 [T, H, W, 3] from .mp4 / .gif / .npy (a .png frame sheet cannot be split back)."""
   suffix = _suffix(path)
@@ -51,7 +61,8 @@ def read_video(path: str) -> np.ndarray:
     raise ValueError(f"{path}: a .png frame sheet is an output format; read videos from "
                      ".mp4, .gif or .npy")
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-  return as_video(iio.imread(path), path)
+  with _ffmpeg_subprocess():
+    return as_video(iio.imread(path), path)
 
 
 def write_video(path: str, video, fps: int = 8) -> str:
@@ -70,10 +81,7 @@ def write_video(path: str, video, fps: int = 8) -> str:
   else:
     pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
     video = np.pad(video, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)])
-    with warnings.catch_warnings():
-      # imageio-ffmpeg starts ffmpeg with subprocess (fork + immediate exec, no Python runs in
-      # the child), which JAX's at-fork hook warns about needlessly.
-      warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+    with _ffmpeg_subprocess():
       iio.imwrite(path, video, fps=fps, codec="libx264", macro_block_size=1)
   return path
 
