@@ -11,6 +11,7 @@ Exit status: 0 done, 2 bad arguments, data or workdir.
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -59,6 +60,8 @@ def _configure_jax(cache_dir: str) -> None:
   if cache_dir and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  # Orbax and jax log restores and backend probes at INFO through absl; the table is the output.
+  logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def _read_json(path: str):

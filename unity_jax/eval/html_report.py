@@ -11,9 +11,11 @@ the animated GIF, and a link to a PNG frame sheet is always there. `#video-statu
 many videos loaded (`data-loaded`, `data-failed`, `data-total`), which headless tests read.
 """
 
+import argparse
 import html
 import json
 import os
+import sys
 
 from unity_jax.eval import plots
 from unity_jax.eval import report
@@ -149,7 +151,7 @@ def _samples_html(samples: list[dict], report_dir: str) -> str:
       width = s.get("width", 384)
       figures.append(
           f'<figure><video src="{rel(s["mp4"])}" data-fallback="{rel(s["gif"])}" '
-          f'width="{width}" title="{title}" autoplay loop muted playsinline controls>'
+          f'width="{width}" title="{title}" autoplay loop muted playsinline>'
           f'<img src="{rel(s["gif"])}" width="{width}" alt="{title}"></video>'
           f"<figcaption><b>{title}</b> — {' | '.join(html.escape(p) for p in s['panels'])}"
           f"<br>clip {html.escape(s['clip_id'])}: “{html.escape(s['caption'])}”<br>"
@@ -206,3 +208,28 @@ red: it does not. <code>real_video</code> is the flickering of the real eval cli
   with open(path, "w", encoding="utf-8") as f:
     f.write(page)
   return path
+
+
+def main(argv=None) -> int:
+  """python -m unity_jax.eval.html_report --eval EVAL.json --workdir RUN --out report.html"""
+  parser = argparse.ArgumentParser(
+      prog="python -m unity_jax.eval.html_report",
+      description="Writes report.html from a unity-eval JSON (run with --samples for videos).")
+  parser.add_argument("--eval", required=True, help="unity-eval --out JSON")
+  parser.add_argument("--workdir", help="training run (default: the JSON's workdir)")
+  parser.add_argument("--out", required=True, help="HTML file to write")
+  args = parser.parse_args(argv)
+  summary = _read_json(args.eval)
+  if summary is None:
+    print(f"html_report: {args.eval} does not exist", file=sys.stderr)
+    return 2
+  workdir = args.workdir or summary.get("workdir")
+  if not workdir or not os.path.isdir(workdir):
+    print(f"html_report: workdir {workdir!r} does not exist (pass --workdir)", file=sys.stderr)
+    return 2
+  print(write_report(args.out, summary, workdir))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
