@@ -112,7 +112,8 @@ class Monitor:
       mean = (float(np.dot(values, counts) / max(np.sum(counts), 1.0)) if counts is not None
               else float(np.mean(values)))
       record[key] = mean if math.isfinite(mean) else str(mean)
-      self._tensorboard.add_scalar(key, mean, step)
+      if math.isfinite(mean):   # non-finite steps are reported by the trainer's messages
+        self._tensorboard.add_scalar(key, mean, step)
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
     self._tensorboard.flush()

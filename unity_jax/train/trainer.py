@@ -270,8 +270,8 @@ class Trainer:
       raise NonFiniteError(
           f"stopping at step {step}: {consecutive} consecutive non-finite steps "
           f"(train.nonfinite_policy='stop', train.max_consecutive_nonfinite={max_bad}); "
-          f"nothing was saved after the failure and {where}. Check the data of steps "
-          f"{step - consecutive}..{step - 1}, lower train.lr or raise train.grad_clip, or set "
+          f"nothing was saved after the failure and {where}. Check the batches of steps "
+          f"{step - consecutive + 1}..{step}, lower train.lr or train.grad_clip, or set "
           f"train.nonfinite_policy='skip' to skip such steps and continue.")
 
   def _finish(self, state, step: int, stage: int) -> dict:
