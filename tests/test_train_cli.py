@@ -243,3 +243,45 @@ def test_two_processes_match_one_process_on_four_devices(reference, tmp_path, ca
   one_device = export.load_safetensors(reference[1]["export"])
   for name, value in export.load_safetensors(summary["export"]).items():
     np.testing.assert_allclose(value, one_device[name], atol=1e-5, rtol=0, err_msg=name)
+
+
+def wait_for_checkpoint(proc, workdir, step, timeout=RUN_TIMEOUT):
+  deadline = time.monotonic() + timeout
+  path = os.path.join(workdir, "checkpoints", str(step))
+  while not os.path.isdir(path):
+    if proc.poll() is not None:
+      raise AssertionError(f"unity-train exited with {proc.returncode} before checkpoint {step}")
+    if time.monotonic() > deadline:
+      kill_group(proc)
+      raise TimeoutError(f"no checkpoint {step} after {timeout} s")
+    time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_openuni_source_resumes_its_data_position_after_sigkill(tmp_path, cache_dir):
+  data = tmp_path / "data"
+  synth = subprocess.run(
+      [sys.executable, "-m", "unity_jax.data.cli", "synth", "--out", str(data), "--clips", "32",
+       "--frames", "5", "--size", "16", "16", "--workers", "1"],
+      cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+  assert synth.returncode == 0, synth.stderr
+  env = train_env(cache_dir)
+  overrides = ["--config.train.data_source=openuni", f"--config.data.dir={data}",
+               "--config.train.checkpoint_every=2"]
+  status, output = run(tmp_path / "reference", *overrides, env=env)
+  assert status == 0, output
+  expected = read_json(tmp_path / "reference" / "summary.json")
+  workdir = tmp_path / "interrupted"
+  # Killed inside stage 0 (iterator state restored), then inside stage 1 after the stage-end
+  # checkpoint 10 (stage 1's iterator starts fresh, then is restored from checkpoint 12+).
+  for step in (4, 14):
+    proc = start(workdir, *overrides, env=env)
+    try:
+      wait_for_checkpoint(proc, workdir, step)
+    finally:
+      kill_group(proc)
+      proc.wait(timeout=60)
+    assert not os.path.exists(workdir / "summary.json"), "the run ended before the kill"
+  status, output = run(workdir, *overrides, env=env)
+  assert status == 0, output
+  assert fingerprints(read_json(workdir / "summary.json")) == fingerprints(expected)
