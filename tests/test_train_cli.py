@@ -175,6 +175,8 @@ def test_sigkill_at_three_points_then_resume_gives_the_same_fingerprint(referenc
   assert status == 0, output
   assert "resumed from" in output
   assert fingerprints(read_json(tmp_path / "summary.json")) == fingerprints(summary)
+  # Records of steps after the last checkpoint of a killed run are replaced, not duplicated.
+  assert [w["step"] for w in metric_lines(tmp_path)] == list(range(1, 21))
 
 
 @pytest.mark.slow

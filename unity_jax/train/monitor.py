@@ -16,6 +16,13 @@ import time
 import numpy as np
 
 
+def _record_step(line: str) -> float:
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return float("inf")   # a line cut off by a kill: drop it
+
+
 def format_bytes(n: float) -> str:
   for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
     if abs(n) < 1024 or unit == "TiB":
@@ -55,6 +62,23 @@ class Monitor:
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops metrics.jsonl records past `step` (written by a run that died after its last
+    checkpoint), so a resumed run's records continue without duplicates."""
+    if not self._enabled:
+      return
+    self._jsonl.flush()
+    path = self._jsonl.name
+    with open(path, encoding="utf-8") as f:
+      lines = f.readlines()
+    kept = [line for line in lines if _record_step(line) <= step]
+    if len(kept) != len(lines):
+      self._jsonl.close()
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+      os.replace(path + ".tmp", path)
+      self._jsonl = open(path, "a", encoding="utf-8")
 
   def info(self, message: str) -> None:
     """A log message (ends any progress line first)."""

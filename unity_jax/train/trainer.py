@@ -129,9 +129,10 @@ class Trainer:
                                                    self._batch_abstract, self.mesh)
     state_bytes = state_lib.state_bytes_per_device(self.abstract_state)
     fmt = monitor_lib.format_bytes
+    scan_note = ", which counts a scanned layer once" if self.config.model.scan_layers else ""
     self.monitor.info(
         f"compiled train step on mesh {dict(self.mesh.shape)}: "
-        f"{report['flops'] / 1e9:.3f} GFLOP/step (XLA cost analysis, per device program); "
+        f"{report['flops'] / 1e9:.3f} GFLOP/step per device (XLA cost analysis{scan_note}); "
         f"per-device memory: arguments {fmt(report.get('argument_size_in_bytes', 0))}, "
         f"outputs {fmt(report.get('output_size_in_bytes', 0))}, temporaries "
         f"{fmt(report.get('temp_size_in_bytes', 0))}; state per device: params "
@@ -206,57 +207,61 @@ class Trainer:
 
   def run(self) -> RunResult:
     """Trains to the end of the curriculum (or until a stop signal); see the module docstring."""
-    c = self.config
     if self.is_chief:
       os.makedirs(self.workdir, exist_ok=True)
       self._write_config()
-    self.monitor.info(curriculum.describe(c))
-    compiled = self.compile()
-    state, source, source_stage = self.restore_or_init()
-    step = int(jax.device_get(state.step))
-    stage = int(jax.device_get(state.stage))
-    self.monitor.start(step)
-    policy, max_bad = c.train.nonfinite_policy, int(c.train.max_consecutive_nonfinite)
-    try:
-      with _StopSignals() as signals:
-        while step < self.total_steps:
-          target = curriculum.stage_of(c, step)
-          if target != stage:
-            state, stage = self._enter_stage(state, target), target
-            self.monitor.info(f"step {step}: entering stage {stage} ({c.stages[stage].name})"
-                              + ("" if c.train.carry_optimizer_across_stages else
-                                 "; optimizer state reset"))
-          if target != source_stage:
-            source.close()
-            source, source_stage = self._make_source(target), target
-          local = sources.with_debug_nan(c, source.next_batch(step), step)
-          state, metrics = compiled(state, self._global_batch(local))
-          step += 1
-          metrics = jax.device_get(metrics)
-          self.monitor.record(step, stage, metrics,
-                              force_flush=curriculum.is_stage_end(c, step))
-          if metrics["nonfinite"]:
-            self._on_nonfinite(step, metrics, policy, max_bad)
-          stop = self._stop_requested(signals)
-          if (stop or step % int(c.train.checkpoint_every) == 0 or
-              curriculum.is_stage_end(c, step)):
-            self._save(state, source)
-          if stop:
-            self.checkpointer.wait()
-            self.monitor.info(f"{stop}: stopped after step {step}; checkpoint "
-                              f"{self.checkpointer.directory}/{step} written. Re-run the same "
-                              "command to continue.")
-            return RunResult("interrupted", step, stage, None)
-      self._save(state, source)   # no-op when the last step was just saved
-      self.checkpointer.wait()
-      summary = self._finish(state, step, stage)
-      return RunResult("completed", step, stage, summary)
-    finally:
-      source.close()
-      self.checkpointer.close()
-      self.monitor.close()
+    self.monitor.info(curriculum.describe(self.config))
+    self._source = None
+    # Installed before compiling: a signal during set-up stops after the first step.
+    with _StopSignals() as signals:
+      try:
+        compiled = self.compile()
+        state, self._source, source_stage = self.restore_or_init()
+        return self._loop(compiled, state, source_stage, signals)
+      finally:
+        if self._source is not None:
+          self._source.close()
+        self.checkpointer.close()
+        self.monitor.close()
 
-  def _on_nonfinite(self, step: int, metrics: dict, policy: str, max_bad: int):
+  def _loop(self, compiled, state, source_stage: int, signals: _StopSignals) -> RunResult:
+    c = self.config
+    step, stage = int(jax.device_get(state.step)), int(jax.device_get(state.stage))
+    self.monitor.truncate_after(step)
+    self.monitor.start(step)
+    while step < self.total_steps:
+      target = curriculum.stage_of(c, step)
+      if target != stage:
+        state, stage = self._enter_stage(state, target), target
+        self.monitor.info(f"step {step}: entering stage {stage} ({c.stages[stage].name})" +
+                          ("" if c.train.carry_optimizer_across_stages else
+                           "; optimizer state reset"))
+      if target != source_stage:
+        self._source.close()
+        self._source, source_stage = self._make_source(target), target
+      local = sources.with_debug_nan(c, self._source.next_batch(step), step)
+      state, metrics = compiled(state, self._global_batch(local))
+      step += 1
+      metrics = jax.device_get(metrics)
+      self.monitor.record(step, stage, metrics, force_flush=curriculum.is_stage_end(c, step))
+      if metrics["nonfinite"]:
+        self._on_nonfinite(step, metrics)
+      stop = self._stop_requested(signals)
+      if stop or step % int(c.train.checkpoint_every) == 0 or curriculum.is_stage_end(c, step):
+        self._save(state, self._source)
+      if stop:
+        self.checkpointer.wait()
+        self.monitor.info(f"{stop}: stopped after step {step}; checkpoint "
+                          f"{self.checkpointer.directory}/{step} written. Re-run the same "
+                          "command to continue.")
+        return RunResult("interrupted", step, stage, None)
+    self._save(state, self._source)   # no-op when the last step was just saved
+    self.checkpointer.wait()
+    return RunResult("completed", step, stage, self._finish(state, step, stage))
+
+  def _on_nonfinite(self, step: int, metrics: dict):
+    policy = self.config.train.nonfinite_policy
+    max_bad = int(self.config.train.max_consecutive_nonfinite)
     consecutive = int(metrics["nonfinite_consecutive"])
     self.monitor.info(
         f"step {step}: non-finite loss={float(metrics['loss'])} or grad_norm="

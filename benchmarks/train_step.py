@@ -1,0 +1,206 @@
+"""Training-step speed and memory for tiny and small, with the machine's matmul rate measured in
+the same run.
+
+  python benchmarks/train_step.py [--configs tiny,small] [--steps 10] [--out RESULT.json]
+
+For each config (full geometry, its global batch, fp32, one CPU device):
+  step time       mean wall time of the AOT-compiled train step (state donated; batches already
+                  on the device, so input generation is excluded), after 2 warm-up steps;
+  tokens/s        joint tokens (RGB + modality streams) per sample x batch / step time;
+  model FLOPs     XLA cost analysis of the compiled step (forward, backward, optimizer, EMA);
+                  layers are unrolled (model.scan_layers=False) because XLA counts a loop body
+                  once — the unrolled step is also the one timed;
+  matmul FLOP/s   best of 5 dense fp32 2048x2048 matmuls, measured right before the config's
+                  timing loop (the machine is shared: both figures see the same load);
+  MFU-proxy       (model FLOPs / step time) / matmul FLOP/s;
+  memory          per-device bytes from memory_analysis() of the compiled step on 1 device and
+                  on 8 fake devices with 8-way FSDP (mesh fsdp=8; batch raised to 8 if smaller),
+                  the 8-device part in a subprocess (XLA_FLAGS must be set before jax starts),
+                  plus the train state bytes held per device vs total / 8 (target <= 1.1).
+--out writes {"tiny": {"step_time_s": ..., ...}, "small": {...}}, the --step-times input of
+benchmarks/data.py.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+# One device in this process (any inherited fake-device flag is replaced); see --memory-worker.
+if "--memory-worker" not in sys.argv:
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from unity_jax import config as config_lib  # noqa: E402
+from unity_jax import model as model_lib  # noqa: E402
+from unity_jax.model import codec as codec_lib  # noqa: E402
+from unity_jax.parallel import mesh as mesh_lib  # noqa: E402
+from unity_jax.train import monitor  # noqa: E402
+from unity_jax.train import optim  # noqa: E402
+from unity_jax.train import sources  # noqa: E402
+from unity_jax.train import state as state_lib  # noqa: E402
+from unity_jax.train import step as step_lib  # noqa: E402
+from unity_jax.train import trainer  # noqa: E402
+
+MEMORY_KEYS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+               "alias_size_in_bytes")
+
+
+def benchmark_config(name: str, *, fsdp: int = 1):
+  config = config_lib.load_config(str(ROOT / "configs" / f"{name}.py"))
+  config.model.update(dtype="float32", scan_layers=False)
+  config.train.update(accumulate_steps=1, debug_nan_steps=())
+  config.mesh.update(data=1, fsdp=fsdp, tensor=1, context=1)
+  if config.train.batch_size % fsdp:
+    config.train.batch_size = fsdp
+  config_lib.validate(config, fsdp)
+  return config
+
+
+def compile_step(config):
+  """(compiled step, compile report, abstract state, shardings, mesh, optimizer)."""
+  mesh = mesh_lib.make_mesh(config)
+  abstract_params = state_lib.abstract_params(config)
+  optimizer = optim.make_optimizer(config, abstract_params)
+  abstract, shardings = state_lib.abstract_state(config, mesh, optimizer)
+  train_step = step_lib.make_train_step(
+      config, model_lib.build_model(config), codec_lib.make_codec(config), optimizer,
+      optim.lr_multipliers(config, abstract_params))
+  jitted = step_lib.jit_train_step(train_step, shardings, mesh)
+  batch = step_lib.abstract_batch(trainer.batch_shapes(config, config.train.batch_size), mesh)
+  compiled, report = step_lib.compile_train_step(jitted, abstract, batch, mesh)
+  return compiled, report, abstract, shardings, mesh, optimizer
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  matmul = jax.jit(jnp.dot)
+  matmul(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best
+
+
+def tokens_per_sample(config) -> int:
+  f, h, w, _ = model_lib.latent_grid(config)
+  pt, ph, pw = config.model.patch_size
+  return (1 + config.model.num_modality_streams) * (f // pt) * (h // ph) * (w // pw)
+
+
+def time_steps(config, compiled, shardings, mesh, optimizer, steps: int) -> float:
+  state = state_lib.create_state(config, mesh, optimizer, shardings)
+  source = sources.RandomSource(config, 0)
+  batches = [mesh_lib.shard_batch(source.next_batch(i), mesh) for i in range(2)]
+  for i in range(2):                                                  # warm-up
+    state, metrics = compiled(state, batches[i % 2])
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for i in range(steps):
+    state, metrics = compiled(state, batches[i % 2])
+  jax.block_until_ready((state, metrics))
+  return (time.perf_counter() - start) / steps
+
+
+def memory_worker(name: str) -> None:
+  """Runs in a subprocess with 8 fake devices: prints the 8-way FSDP memory figures as JSON."""
+  config = benchmark_config(name, fsdp=8)
+  _, report, abstract, _, _, _ = compile_step(config)
+  state_bytes = state_lib.state_bytes_per_device(abstract)
+  per_device = state_bytes["params"] + state_bytes["opt_state"] + state_bytes["ema_params"]
+  print(json.dumps({
+      "devices": jax.device_count(), "batch_size": config.train.batch_size,
+      "memory": {k: report.get(k, 0) for k in MEMORY_KEYS},
+      "state_bytes_per_device": per_device, "state_bytes_total": state_bytes["total"],
+      "state_ratio_vs_ideal": per_device / (state_bytes["total"] / 8)}))
+
+
+def fsdp8_memory(name: str) -> dict:
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, __file__, "--memory-worker", name], env=env,
+                          capture_output=True, text=True, timeout=1800, check=False)
+  if result.returncode:
+    raise RuntimeError(f"8-device memory analysis of {name} failed:\n{result.stderr[-3000:]}")
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(name: str, steps: int, with_fsdp: bool) -> dict:
+  config = benchmark_config(name)
+  compiled, report, abstract, shardings, mesh, optimizer = compile_step(config)
+  matmul = matmul_flops_per_second()
+  step_time = time_steps(config, compiled, shardings, mesh, optimizer, steps)
+  flops = report["flops"]
+  result = {
+      "batch_size": int(config.train.batch_size), "tokens_per_sample": tokens_per_sample(config),
+      "step_time_s": step_time,
+      "tokens_per_s": tokens_per_sample(config) * config.train.batch_size / step_time,
+      "model_flops_per_step": flops, "model_flops_per_s": flops / step_time,
+      "matmul_flops_per_s": matmul, "mfu_proxy": flops / step_time / matmul,
+      "memory_1_device": {k: report.get(k, 0) for k in MEMORY_KEYS},
+      "state_bytes_total": state_lib.state_bytes_per_device(abstract)["total"],
+  }
+  if with_fsdp:
+    result["memory_8_devices_fsdp"] = fsdp8_memory(name)
+  return result
+
+
+def print_result(name: str, r: dict) -> None:
+  fmt = monitor.format_bytes
+  print(f"== {name} (batch {r['batch_size']}, {r['tokens_per_sample']} joint tokens/sample) ==")
+  print(f"  step time          {r['step_time_s'] * 1e3:9.1f} ms")
+  print(f"  tokens/s           {r['tokens_per_s']:9.0f}")
+  print(f"  model FLOPs/step   {r['model_flops_per_step'] / 1e9:9.2f} GFLOP (XLA cost analysis)")
+  print(f"  achieved           {r['model_flops_per_s'] / 1e9:9.1f} GFLOP/s")
+  print(f"  dense matmul       {r['matmul_flops_per_s'] / 1e9:9.1f} GFLOP/s (fp32 2048^2, same run)")
+  print(f"  MFU-proxy          {r['mfu_proxy']:9.1%}")
+  m1 = r["memory_1_device"]
+  print(f"  1 device:  arguments {fmt(m1['argument_size_in_bytes'])}, temporaries "
+        f"{fmt(m1['temp_size_in_bytes'])}, outputs {fmt(m1['output_size_in_bytes'])}; "
+        f"train state {fmt(r['state_bytes_total'])}")
+  if "memory_8_devices_fsdp" in r:
+    m8 = r["memory_8_devices_fsdp"]
+    mem = m8["memory"]
+    print(f"  8 devices, FSDP=8 (batch {m8['batch_size']}), per device: arguments "
+          f"{fmt(mem['argument_size_in_bytes'])}, temporaries {fmt(mem['temp_size_in_bytes'])}, "
+          f"outputs {fmt(mem['output_size_in_bytes'])}; train state "
+          f"{fmt(m8['state_bytes_per_device'])} = {m8['state_ratio_vs_ideal']:.3f} x total/8")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--configs", default="tiny,small")
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--out", default=None, help="write the results as JSON")
+  parser.add_argument("--no-fsdp", action="store_true", help="skip the 8-device memory part")
+  parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.memory_worker:
+    memory_worker(args.memory_worker)
+    return
+  results = {}
+  for name in args.configs.split(","):
+    results[name] = run(name, args.steps, not args.no_fsdp)
+    print_result(name, results[name])
+    sys.stdout.flush()
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
