@@ -138,6 +138,14 @@ def test_same_seed_gives_the_same_fingerprint(reference, tmp_path, cache_dir):
   assert fingerprints(read_json(tmp_path / "summary.json")) == fingerprints(summary)
 
 
+def test_invalid_config_fails_before_compiling(tmp_path, cache_dir):
+  status, output = run(tmp_path, "--config.train.accumulate_steps=3", env=train_env(cache_dir),
+                       timeout=120)
+  assert status == 2, output
+  assert "config.train.accumulate_steps=3: must be >= 1 and divide train.batch_size=8" in output
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
 @pytest.mark.slow
 def test_nonfinite_policy_stops_keeps_checkpoints_and_skip_resumes(tmp_path, cache_dir):
   env = train_env(cache_dir)
