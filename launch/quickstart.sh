@@ -45,8 +45,11 @@ PY="${VENV}/bin/python"
 # Install when this checkout's unity_jax is not importable, or setup.py changed since our install
 # (a venv that already has this checkout installed, e.g. CI's, is used as it is).
 STAMP="${VENV}/.unity_jax_quickstart_install"
-if ! "${PY}" -c "import os, unity_jax; assert os.path.samefile(os.path.dirname(unity_jax.__file__), 'unity_jax')" 2>/dev/null \
-    || { [ -f "${STAMP}" ] && [ setup.py -nt "${STAMP}" ]; }; then
+installed_here() {
+  "${PY}" -c "import os, unity_jax
+assert os.path.samefile(os.path.dirname(unity_jax.__file__), 'unity_jax')" 2>/dev/null
+}
+if ! installed_here || { [ -f "${STAMP}" ] && [ setup.py -nt "${STAMP}" ]; }; then
   "${PY}" -m pip install -q -e .
   touch "${STAMP}"
 fi

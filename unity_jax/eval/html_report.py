@@ -1,4 +1,4 @@
-"""report.html: sample videos side by side, loss curves, metrics with baselines, config, fingerprint.
+"""report.html: sample videos side by side, loss curves, metrics and baselines, config, fingerprint.
 
   entries = write_samples(result.samples, "runs/tiny/report_files/samples")   # mp4 + gif + png
   summary["samples"] = entries
@@ -175,14 +175,16 @@ def write_report(path: str, summary: dict, workdir: str) -> str:
       f'alt="{html.escape(c["title"])}"><figcaption>{html.escape(c["title"])}</figcaption>'
       f"</figure>" for c in curves)
   fingerprint_rows = "".join(
-      f"<tr><th>{html.escape(str(k))}</th><td><code>{html.escape(json.dumps(v))}</code></td></tr>"
+      f"<tr><th>{html.escape(str(k))}</th>"
+      f"<td><code>{html.escape(json.dumps(v))}</code></td></tr>"
       for k, v in (fingerprint or {}).items())
   body = f"""<h1>unity_jax run report: {html.escape(os.path.abspath(workdir))}</h1>
 <p>Checkpoint step {summary.get('step')} ({html.escape(str(summary.get('weights')))} weights);
 {summary.get('clips', {}).get('count')} UniBench-synth clips from
 <code>{html.escape(str(summary.get('data')))}</code> ({html.escape(str(summary.get('split')))}
 split); {settings.get('num_steps')} {html.escape(str(settings.get('solver')))} steps, guidance
-{settings.get('guidance_scale')} for control and joint generation.</p>
+{settings.get('guidance_scale')} for control and joint generation; sampling and scoring took
+{sum(summary.get('seconds', {}).values()):.0f} s.</p>
 {_headline(summary.get('headline', {}))}
 <h2>Samples</h2>
 <p>Each video shows its panels side by side (named above the frames and in the caption).
@@ -200,7 +202,7 @@ red: it does not. <code>real_video</code> is the flickering of the real eval cli
 {('<table id="fingerprint">' + fingerprint_rows + '</table>') if fingerprint_rows
  else '<p>No summary.json: the run has not completed.</p>'}
 <h2>Config</h2>
-<pre id="config">{html.escape(json.dumps(config, indent=1) if config else 'config.json missing')}</pre>
+<pre id="config">{html.escape(json.dumps(config, indent=1) if config else "no config.json")}</pre>
 """
   page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
           f"<title>unity_jax report</title><style>{_CSS}</style></head>\n<body>\n{body}"
