@@ -36,7 +36,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -165,7 +164,7 @@ def print_result(name: str, r: dict) -> None:
   print(f"  tokens/s           {r['tokens_per_s']:9.0f}")
   print(f"  model FLOPs/step   {r['model_flops_per_step'] / 1e9:9.2f} GFLOP (XLA cost analysis)")
   print(f"  achieved           {r['model_flops_per_s'] / 1e9:9.1f} GFLOP/s")
-  print(f"  dense matmul       {r['matmul_flops_per_s'] / 1e9:9.1f} GFLOP/s (fp32 2048^2, same run)")
+  print(f"  dense matmul       {r['matmul_flops_per_s'] / 1e9:9.1f} GFLOP/s (fp32, this run)")
   print(f"  MFU-proxy          {r['mfu_proxy']:9.1%}")
   m1 = r["memory_1_device"]
   print(f"  1 device:  arguments {fmt(m1['argument_size_in_bytes'])}, temporaries "

@@ -19,7 +19,8 @@ shift 2
 NUM_PROCESSES="${NUM_PROCESSES:-2}"
 DEVICES_PER_PROCESS="${DEVICES_PER_PROCESS:-2}"
 PYTHON="${PYTHON:-python}"
-PORT="${PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
+free_port='import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+PORT="${PORT:-$("$PYTHON" -c "$free_port")}"
 mkdir -p "$WORKDIR"
 
 pids=()

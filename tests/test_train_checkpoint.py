@@ -6,7 +6,6 @@ each restore and checks the layouts agree within 1e-6.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
