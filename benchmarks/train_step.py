@@ -49,7 +49,6 @@ from unity_jax.train import optim  # noqa: E402
 from unity_jax.train import sources  # noqa: E402
 from unity_jax.train import state as state_lib  # noqa: E402
 from unity_jax.train import step as step_lib  # noqa: E402
-from unity_jax.train import trainer  # noqa: E402
 
 MEMORY_KEYS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                "alias_size_in_bytes")
@@ -76,7 +75,7 @@ def compile_step(config):
       config, model_lib.build_model(config), codec_lib.make_codec(config), optimizer,
       optim.lr_multipliers(config, abstract_params))
   jitted = step_lib.jit_train_step(train_step, shardings, mesh)
-  batch = step_lib.abstract_batch(trainer.batch_shapes(config, config.train.batch_size), mesh)
+  batch = step_lib.abstract_batch(sources.batch_shapes(config, config.train.batch_size), mesh)
   compiled, report = step_lib.compile_train_step(jitted, abstract, batch, mesh)
   return compiled, report, abstract, shardings, mesh, optimizer
 

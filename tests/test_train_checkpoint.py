@@ -18,7 +18,6 @@ from unity_jax.train import optim
 from unity_jax.train import sources
 from unity_jax.train import state as state_lib
 from unity_jax.train import step as step_lib
-from unity_jax.train import trainer
 
 LAYOUTS = {"4x2x1": (4, 2, 1), "2x2x2": (2, 2, 2), "8x1x1": (8, 1, 1)}
 
@@ -95,7 +94,7 @@ def test_one_step_after_restore_agrees_across_layouts(saved):
         optim.lr_multipliers(config, state_lib.abstract_params(config)))
     jitted = step_lib.jit_train_step(train_step, shardings, mesh)
     batch = sources.RandomSource(config, 0).next_batch(5)
-    assert set(batch) == set(trainer.batch_shapes(config, config.train.batch_size))
+    assert set(batch) == set(sources.batch_shapes(config, config.train.batch_size))
     with jax.set_mesh(mesh):
       state, metrics = jitted(state, mesh_lib.shard_batch(batch, mesh))
     results[layout] = jax.device_get((state, metrics))

@@ -18,7 +18,6 @@ from unity_jax.train import monitor as monitor_lib
 from unity_jax.train import optim
 from unity_jax.train import sources
 from unity_jax.train import state as state_lib
-from unity_jax.train import trainer
 
 
 def smoke_config():
@@ -112,7 +111,7 @@ def test_random_source_follows_the_stage_and_splits_over_processes():
   config = smoke_config()
   config.train.batch_size = 8
   stage1 = sources.RandomSource(config, 0).next_batch(5)
-  assert set(stage1) == set(trainer.batch_shapes(config, 8))
+  assert set(stage1) == set(sources.batch_shapes(config, 8))
   allowed = {constants.modality_id(m) for m in config.stages[0].modalities}
   assert set(stage1["modality_id"].tolist()) <= allowed
   assert set(stage1["source_id"].tolist()) == {constants.source_id("single_person")}

@@ -29,6 +29,21 @@ def local_batch_size(config, process_count: int) -> int:
   return batch // process_count
 
 
+def batch_shapes(config, batch_size: int) -> dict:
+  """{name: (shape, dtype)} of a pipeline batch (flow/batch.py contract) of `batch_size`."""
+  d = config.data
+  video = ((batch_size, d.num_frames, d.height, d.width, 3), np.uint8)
+  ids = ((batch_size,), np.int32)
+  shapes = dict(rgb=video, modality_video=video, modality_id=ids, source_id=ids, task_id=ids,
+                caption_tokens=((batch_size, d.caption_len), np.int32),
+                caption_mask=((batch_size, d.caption_len), np.bool_),
+                modality_prompt_tokens=((batch_size, d.prompt_len), np.int32),
+                modality_prompt_mask=((batch_size, d.prompt_len), np.bool_))
+  if config.train.debug_nan_steps:
+    shapes[step_lib.NAN_INJECTION_KEY] = ((batch_size,), np.float32)
+  return shapes
+
+
 def _sample_seed(*numbers: int) -> int:
   return int(np.random.SeedSequence([int(n) for n in numbers]).generate_state(1)[0])
 

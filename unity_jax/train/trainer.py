@@ -72,21 +72,6 @@ class _StopSignals:
       signal.signal(sig, handler)
 
 
-def batch_shapes(config, batch_size: int) -> dict:
-  """{name: (shape, dtype)} of a pipeline batch (flow/batch.py contract) of `batch_size`."""
-  d = config.data
-  video = ((batch_size, d.num_frames, d.height, d.width, 3), np.uint8)
-  ids = ((batch_size,), np.int32)
-  shapes = dict(rgb=video, modality_video=video, modality_id=ids, source_id=ids, task_id=ids,
-                caption_tokens=((batch_size, d.caption_len), np.int32),
-                caption_mask=((batch_size, d.caption_len), np.bool_),
-                modality_prompt_tokens=((batch_size, d.prompt_len), np.int32),
-                modality_prompt_mask=((batch_size, d.prompt_len), np.bool_))
-  if config.train.debug_nan_steps:
-    shapes[step_lib.NAN_INJECTION_KEY] = ((batch_size,), np.float32)
-  return shapes
-
-
 class Trainer:
   """One training run of `config` in `workdir` (see the module docstring)."""
 
@@ -124,7 +109,7 @@ class Trainer:
     """AOT-compiles the step and logs per-device memory and FLOPs (before any data loads)."""
     jitted = step_lib.jit_train_step(self.train_step, self.state_shardings, self.mesh)
     self._batch_abstract = step_lib.abstract_batch(
-        batch_shapes(self.config, int(self.config.train.batch_size)), self.mesh)
+        sources.batch_shapes(self.config, int(self.config.train.batch_size)), self.mesh)
     compiled, report = step_lib.compile_train_step(jitted, self.abstract_state,
                                                    self._batch_abstract, self.mesh)
     state_bytes = state_lib.state_bytes_per_device(self.abstract_state)
@@ -147,8 +132,8 @@ class Trainer:
     if os.path.isfile(path):
       with open(path) as f:
         old = json.load(f)
-      changed = sorted(k for k in _flatten(old).keys() | _flatten(new).keys()
-                       if _flatten(old).get(k) != _flatten(new).get(k))
+      old, new_flat = _flatten(old), _flatten(new)
+      changed = sorted(k for k in old.keys() | new_flat.keys() if old.get(k) != new_flat.get(k))
       if changed:
         self.monitor.info(f"note: config differs from the previous run in {self.workdir}: "
                           f"{changed}")
