@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
                      caption_dropout=0.1, timesteps="independent")
   c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="fsdp_tp")
   c.train = dict(
-      batch_size=8, accumulate_steps=1, data_source="random",
+      batch_size=8, accumulate_steps=1, data_source="auto",
       # AdamW; lr/warmup_steps/schedule/min_lr_ratio may be overridden per stage (stage.lr, ...).
       lr=1e-3, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1, weight_decay=0.01,
       b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0,
@@ -140,6 +140,13 @@ def preset_config(name, arg=None):
   if "smoke" in parse_args(arg):
     apply_smoke(config)
   return config
+
+
+def resolved_data_source(config) -> str:
+  """train.data_source with "auto" resolved: the grain pipeline when data.dir is set."""
+  if config.train.data_source == "auto":
+    return "openuni" if config.data.dir else "random"
+  return config.train.data_source
 
 
 def apply_smoke(config):
@@ -278,7 +285,7 @@ def _validate_stage(key, s, batch_size):
 
 
 TRAIN_ENUMS = {
-    "data_source": ("random", "openuni"),
+    "data_source": ("auto", "random", "openuni"),
     "schedule": ("cosine", "constant"),
     "nonfinite_policy": ("stop", "skip"),
     "export": ("ema", "params", "none"),

@@ -74,11 +74,16 @@ class OutputHead(nn.Module):
         nn.initializers.zeros, ("modality", None)), (self.num_heads, self.out_dim),
                       self.param_dtype)
     index = jnp.zeros(x.shape[:1], jnp.int32) if modality_index is None else modality_index
-    mod = table[index] + cond[:, None, :].astype(self.param_dtype)   # [B, 2, D]
+    # Select each sample's head with a one-hot contraction rather than a gather: it partitions
+    # cleanly when the weights are FSDP-sharded, and is exact (x·1 + y·0) at HIGHEST precision.
+    onehot = jax.nn.one_hot(index, self.num_heads, dtype=self.param_dtype)       # [B, K]
+    select = lambda w: jnp.einsum("bk,k...->b...", onehot, w,
+                                  precision=jax.lax.Precision.HIGHEST)
+    mod = select(table) + cond[:, None, :].astype(self.param_dtype)             # [B, 2, D]
     shift, scale = mod[:, 0, None, :], mod[:, 1, None, :]
     h = layers.modulate(layers.layer_norm(x), shift.astype(x.dtype), scale.astype(x.dtype))
-    out = jnp.einsum("bnd,bdo->bno", h.astype(self.dtype), kernel[index].astype(self.dtype))
-    return out + bias[index][:, None, :].astype(self.dtype)
+    out = jnp.einsum("bnd,bdo->bno", h.astype(self.dtype), select(kernel).astype(self.dtype))
+    return out + select(bias)[:, None, :].astype(self.dtype)
 
 
 class UnityDiT(nn.Module):
@@ -125,7 +130,7 @@ class UnityDiT(nn.Module):
       if "embedding" not in text:
         raise ValueError("model.text_encoder='precomputed' needs embeddings under 'embedding'")
       hidden = text["embedding"].astype(self.dtype)
-    return layers.MLP2(self.dim, in_axis=None, act="gelu", dtype=self.dtype,
+    return layers.MLP2(self.dim, act="gelu", dtype=self.dtype,
                        param_dtype=self.param_dtype, name="text_projection")(hidden)
 
   @nn.compact
@@ -168,7 +173,7 @@ class UnityDiT(nn.Module):
         [streams[0][:, None], streams[1]], axis=1)            # [B, G, n, D]
 
     # --- Conditioning vectors per stream: cond [B, G, D].
-    time_embed = layers.MLP2(self.dim, in_axis=None, dtype=jnp.float32,
+    time_embed = layers.MLP2(self.dim, dtype=jnp.float32,
                              param_dtype=self.param_dtype, name="time_embed")
     t_emb = lambda t: time_embed(layers.timestep_sinusoid(t, self.freq_dim))
     conds = [t_emb(t_rgb)[:, None]]

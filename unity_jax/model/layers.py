@@ -191,9 +191,11 @@ def timestep_sinusoid(t, dim: int, max_period: float = 10000.0):
 
 
 class MLP2(nn.Module):
-  """Dense -> SiLU -> Dense, [..., in] -> [..., D] (time embedding, switcher, text projection)."""
+  """Dense -> SiLU -> Dense, [..., in] -> [..., D] (time embedding, switcher, text projection).
+
+  The input axis is named `embed` whatever its size (frequency or text dim) so FSDP shards it.
+  """
   features: int
-  in_axis: str = "embed"
   act: str = "silu"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -201,6 +203,6 @@ class MLP2(nn.Module):
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = dense(self.features, (self.in_axis, "mlp"), name="fc1", **kw)(x)
+    x = dense(self.features, ("embed", "mlp"), name="fc1", **kw)(x)
     x = nn.silu(x) if self.act == "silu" else nn.gelu(x, approximate=True)
     return dense(self.features, ("mlp", "embed"), name="fc2", **kw)(x)

@@ -1,6 +1,7 @@
 """Training batch sources: process-local pipeline batches for one curriculum stage.
 
-Two sources share one small interface (`next_batch(step)`, `checkpoint_args()`,
+`train.data_source="auto"` (the default) picks OpenUniSource when `data.dir` is set and
+RandomSource otherwise. Two sources share one small interface (`next_batch(step)`, `checkpoint_args()`,
 `restore_args()`, `close()`):
 - RandomSource (train.data_source="random"): in-memory synthetic clips. Sample i of the global
   batch at `step` is drawn from seed (config.seed, stage, step, i), so the data needs no state
@@ -13,6 +14,7 @@ Two sources share one small interface (`next_batch(step)`, `checkpoint_args()`,
 
 import numpy as np
 
+from unity_jax import config as config_lib
 from unity_jax import constants
 from unity_jax.data import prompts
 from unity_jax.flow import batch as batch_lib
@@ -128,7 +130,7 @@ SOURCES = {"random": RandomSource, "openuni": OpenUniSource}
 
 def make_source(config, stage_index: int, *, process_index: int = 0, process_count: int = 1):
   """The source named by config.train.data_source for curriculum stage `stage_index`."""
-  return SOURCES[config.train.data_source](config, stage_index, process_index=process_index,
+  return SOURCES[config_lib.resolved_data_source(config)](config, stage_index, process_index=process_index,
                                            process_count=process_count)
 
 
