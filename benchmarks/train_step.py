@@ -9,7 +9,8 @@ For each config (full geometry, its global batch, fp32, one CPU device):
   tokens/s        joint tokens (RGB + modality streams) per sample x batch / step time;
   model FLOPs     XLA cost analysis of the compiled step (forward, backward, optimizer, EMA);
                   layers are unrolled (model.scan_layers=False) because XLA counts a loop body
-                  once — the unrolled step is also the one timed;
+                  once — the unrolled step is also the one timed; with chunked attention the
+                  FLOPs are counted on the same step with dot-product attention;
   matmul FLOP/s   best of 5 dense fp32 2048x2048 matmuls, measured right before the config's
                   timing loop (the machine is shared: both figures see the same load);
   MFU-proxy       (model FLOPs / step time) / matmul FLOP/s;
@@ -142,6 +143,12 @@ def run(name: str, steps: int, with_fsdp: bool) -> dict:
   matmul = matmul_flops_per_second()
   step_time = time_steps(config, compiled, shardings, mesh, optimizer, steps)
   flops = report["flops"]
+  if config.model.attention == "chunked":
+    # The chunked kernel loops over key/query blocks and XLA counts a loop body once: count the
+    # same step with dot-product attention (identical arithmetic) instead.
+    counting = config.copy_and_resolve_references()
+    counting.model.attention = "xla"
+    flops = compile_step(counting)[1]["flops"]
   result = {
       "batch_size": int(config.train.batch_size), "tokens_per_sample": tokens_per_sample(config),
       "step_time_s": step_time,
