@@ -41,13 +41,14 @@ phase "1/5 python environment: ${VENV}"
 if [ ! -x "${VENV}/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "${VENV}"
 fi
-PY="${VENV}/bin/python"
-# Install when this checkout's unity_jax is not importable, or setup.py changed since our install
-# (a venv that already has this checkout installed, e.g. CI's, is used as it is).
+PY="$(cd "${VENV}" && pwd)/bin/python"
 STAMP="${VENV}/.unity_jax_quickstart_install"
+# Install when this checkout's unity_jax (with its dependencies) is not importable from outside
+# the checkout, or setup.py changed since our install (a venv that already has this checkout
+# installed, e.g. CI's, is used as it is).
 installed_here() {
-  "${PY}" -c "import os, unity_jax
-assert os.path.samefile(os.path.dirname(unity_jax.__file__), 'unity_jax')" 2>/dev/null
+  (cd / && "${PY}" -c "import os, jax, ml_collections, grain, unity_jax
+assert os.path.samefile(os.path.dirname(unity_jax.__file__), '${PWD}/unity_jax')") 2>/dev/null
 }
 if ! installed_here || { [ -f "${STAMP}" ] && [ setup.py -nt "${STAMP}" ]; }; then
   "${PY}" -m pip install -q -e .

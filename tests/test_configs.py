@@ -60,7 +60,7 @@ INVALID = [
     (_set("data.num_frames", 8), None, "config.data.num_frames=8: must be 1 + k*4"),
     (_set("data.height", 30), None, "config.data.height=30: must be divisible by"),
     (_set("data.width", 34), None, "config.data.width=34: must be divisible by"),
-    (_set("model.num_heads", 5), None, "config.model.num_heads=5: must divide model.dim=96"),
+    (_set("model.num_heads", 5), None, "config.model.num_heads=5: must divide model.dim=192"),
     (_set("model.switcher", "film"), None, "config.model.switcher='film': must be one of"),
     (_set("model.attention", "flash"), None, "config.model.attention='flash': must be one of"),
     (_set("stages.0.modalities", ("depth", "normals")), None, "unknown modality 'normals'"),

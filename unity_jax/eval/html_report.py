@@ -35,6 +35,7 @@ tr.better td.model { background: #e3f4e3; } tr.worse td.model { background: #fbe
 .grid { display: flex; flex-wrap: wrap; gap: 16px; }
 figure { margin: 0; padding: 8px; border: 1px solid #ddd; border-radius: 4px; }
 figure video, figure img { display: block; image-rendering: pixelated; }
+.curves img { width: 560px; image-rendering: auto; }
 figcaption { font-size: 0.8em; max-width: 520px; margin-top: 4px; }
 .check { font-weight: bold; } .met { color: #1a7f1a; } .missed { color: #b00; }
 pre { background: #f6f6f6; padding: 8px; overflow: auto; max-height: 480px; font-size: 0.8em; }
@@ -105,27 +106,30 @@ def _number(value) -> str:
 
 
 def metrics_table(results: dict) -> str:
-  """HTML table, one row per (section, metric): model, direction and every baseline."""
-  names = []
-  for entry in results.values():
-    names += [n for n in entry.get("baselines", {}) if n not in names]
-  head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-  rows = [f"<tr><th>section</th><th>metric</th><th>clips</th><th>model</th>{head}</tr>"]
+  """HTML table, one row per (section, metric): clips, model, and every baseline in one cell.
+
+  A row is marked "better" when the model beats every baseline of that metric, "worse" when
+  some baseline beats it (ties stay unmarked).
+  """
+  rows = ["<tr><th>section</th><th>metric</th><th>clips</th><th>model</th><th>baselines</th>"
+          "</tr>"]
   for section, entry in results.items():
+    baselines = entry.get("baselines", {})
     for metric, value in entry["model"].items():
       higher = report.HIGHER_IS_BETTER.get(metric)
       arrow = {True: " ↑", False: " ↓"}.get(higher, "")
-      scores = [entry.get("baselines", {}).get(n, {}).get(metric) for n in names]
-      known = [s for s in scores if s is not None]
+      scores = {name: b[metric] for name, b in baselines.items() if metric in b}
       verdict = ""
-      if known and higher is not None:
-        best = max(known) if higher else min(known)
-        verdict = "better" if (value > best if higher else value < best) else "worse"
-      cells = "".join(f'<td class="num">{"" if s is None else _number(s)}</td>' for s in scores)
+      if scores and higher is not None:
+        best = max(scores.values()) if higher else min(scores.values())
+        margin = (value - best) if higher else (best - value)
+        verdict = "better" if margin > 0 else "worse" if margin < 0 else ""
+      cell = "<br>".join(f"{html.escape(name)} <code>{_number(score)}</code>"
+                         for name, score in scores.items())
       rows.append(f'<tr class="{verdict}"><td>{html.escape(section)}</td>'
                   f"<td>{html.escape(metric)}{arrow}</td><td class=\"num\">"
                   f"{entry.get('clips', '')}</td><td class=\"num model\">{_number(value)}</td>"
-                  f"{cells}</tr>")
+                  f"<td>{cell or '–'}</td></tr>")
   return '<table id="metrics">\n' + "\n".join(rows) + "\n</table>"
 
 
@@ -166,7 +170,10 @@ def write_report(path: str, summary: dict, workdir: str) -> str:
   report_dir = os.path.dirname(os.path.abspath(path))
   assets = os.path.splitext(os.path.abspath(path))[0] + "_files"
   os.makedirs(assets, exist_ok=True)
-  curves = plots.write_loss_curves(os.path.join(workdir, "metrics.jsonl"), assets)
+  try:
+    curves = plots.write_loss_curves(os.path.join(workdir, "metrics.jsonl"), assets)
+  except FileNotFoundError:  # e.g. a workdir holding converted weights but no training log
+    curves = []
   config = _read_json(os.path.join(workdir, "config.json"))
   fingerprint = summary.get("fingerprint") or _read_json(os.path.join(workdir, "summary.json"))
   settings = summary.get("settings", {})
@@ -192,12 +199,12 @@ split); {settings.get('num_steps')} {html.escape(str(settings.get('solver')))} s
 {_samples_html(summary.get('samples', []), report_dir)}
 <h2>Metrics (model next to trivial baselines)</h2>
 <p>Per-clip metrics averaged over clips. Green: the model beats every baseline of that metric;
-red: it does not. <code>real_video</code> is the flickering of the real eval clips.</p>
+red: a baseline beats it. <code>real_video</code> is the flickering of the real eval clips.</p>
 {metrics_table(summary.get('results', {}))}
 <details><summary>Markdown</summary><pre>{html.escape(report.format_markdown_table(
     summary.get('results', {})))}</pre></details>
 <h2>Loss curves</h2>
-<div class="grid">{curve_html}</div>
+<div class="grid curves">{curve_html or "<p>No metrics.jsonl in the workdir.</p>"}</div>
 <h2>Fingerprint</h2>
 {('<table id="fingerprint">' + fingerprint_rows + '</table>') if fingerprint_rows
  else '<p>No summary.json: the run has not completed.</p>'}
