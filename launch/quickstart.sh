@@ -7,7 +7,8 @@
 # OpenUni set (train + held-out eval split with exact ground truth); train configs/tiny.py through
 # both curriculum stages on it; sample every task x modality and score them on UniBench-synth;
 # write <run>/report.html (videos side by side, loss curves, metrics with baselines, config,
-# fingerprint). About 12-15 minutes on 2 CPU cores, most of it training.
+# fingerprint). About 13 minutes on 2 idle CPU cores (longer when they are shared), most of it
+# training.
 #
 # Re-running reuses what exists: the venv, complete data splits, a finished (or resumes an
 # interrupted) training run. Delete the run directory to train again.
@@ -17,7 +18,7 @@
 #   QUICKSTART_DATA=runs/quickstart_data  OpenUni data directory
 #   QUICKSTART_TRAIN_CLIPS=512  QUICKSTART_EVAL_CLIPS=16
 #   QUICKSTART_STEPS="S1 S2"            steps of the two curriculum stages (default: the config's)
-#   QUICKSTART_SAMPLE_STEPS=20          ODE steps per sample in the evaluation
+#   QUICKSTART_SAMPLE_STEPS=10          ODE steps per sample in the evaluation
 #   QUICKSTART_VENV=.venv  PYTHON=python3
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ RUN=${QUICKSTART_RUN:-runs/quickstart}
 DATA=${QUICKSTART_DATA:-runs/quickstart_data}
 TRAIN_CLIPS=${QUICKSTART_TRAIN_CLIPS:-512}
 EVAL_CLIPS=${QUICKSTART_EVAL_CLIPS:-16}
-SAMPLE_STEPS=${QUICKSTART_SAMPLE_STEPS:-20}
+SAMPLE_STEPS=${QUICKSTART_SAMPLE_STEPS:-10}
 VENV=${QUICKSTART_VENV:-.venv}
 CONFIG=configs/tiny.py
 START=$(date +%s)

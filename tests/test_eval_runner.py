@@ -24,6 +24,7 @@ from unity_jax.eval import html_report
 from unity_jax.eval import plots
 from unity_jax.eval import unibench
 from unity_jax.parallel import mesh as mesh_lib
+from unity_jax.sample import video_io
 from unity_jax.sample.pipeline import Pipeline
 from unity_jax.sample.pipeline import SampleOutput
 
@@ -271,6 +272,6 @@ def test_html_report_links_existing_files(tmp_path, clips):
   for link in links:
     assert os.path.isfile(out.parent / link), link
   mp4 = next(link for link in links if link.endswith(".mp4"))
-  frames = iio.imread(out.parent / mp4)
+  frames = video_io.read_video(str(out.parent / mp4))
   assert frames.shape[0] == T and frames.shape[1] % 2 == 0
   assert '<tr class="better">' in page   # The oracle beats its baselines.
