@@ -84,7 +84,8 @@ def write_samples(samples, directory: str) -> list[dict]:
   os.makedirs(directory, exist_ok=True)
   entries = []
   for sample in samples:
-    stem = os.path.join(os.path.abspath(directory), f"{sample.task}_{sample.modality}")
+    name = f"{sample.task}_{sample.modality}_{sample.clip_id}".replace(os.sep, "_")
+    stem = os.path.join(os.path.abspath(directory), name)
     files = {suffix: video_io.write_video(f"{stem}.{suffix}", sample.video, fps=SAMPLE_FPS)
              for suffix in ("mp4", "gif", "png")}
     entries.append(dict(task=sample.task, modality=sample.modality, clip_id=sample.clip_id,
