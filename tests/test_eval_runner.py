@@ -65,25 +65,27 @@ class OraclePipeline:
     self.clips, self.batch_size = clips, batch_size
     self.video_shape = clips[0]["rgb"].shape
     self.calls = []
+    self.steps = {}   # task -> the num_steps it was called with
 
   def _clip(self, seed):
     return self.clips[seed]  # settings.seed is 0: clip position i samples with seed i.
 
-  def _check(self, task, items, seed, prompt):
+  def _check(self, task, items, seed, prompt, num_steps=None):
     assert len(items) == len(seed) == len(prompt) == self.batch_size  # One shape per task.
     self.calls.append(task)
+    self.steps.setdefault(task, set()).add(num_steps)
     return [self._clip(s) for s in seed]
 
-  def estimate(self, video, modality, prompt, *, seed, **kwargs):
+  def estimate(self, video, modality, prompt, *, seed, num_steps, **kwargs):
     del kwargs
-    batch = self._check("estimate", video, seed, prompt)
+    batch = self._check("estimate", video, seed, prompt, num_steps)
     return [SampleOutput("estimate", p, modality, s, rgb=v, modality=c["modalities"][modality],
                          values=exact_values(c, modality))
             for v, c, s, p in zip(video, batch, seed, prompt)]
 
-  def control(self, condition, modality, prompt, *, seed, **kwargs):
+  def control(self, condition, modality, prompt, *, seed, num_steps, **kwargs):
     del kwargs
-    batch = self._check("control", condition, seed, prompt)
+    batch = self._check("control", condition, seed, prompt, num_steps)
     for video, clip in zip(condition, batch):
       np.testing.assert_array_equal(video, clip["modalities"][modality])
     return [SampleOutput("control", p, modality, s, rgb=c["rgb"], modality=v)
@@ -98,9 +100,11 @@ class OraclePipeline:
 
 
 def test_oracle_scores_perfectly_next_to_baselines(clips):
-  settings = unibench.EvalSettings(num_steps=1, batch_size=3, keep_samples=1)
+  settings = unibench.EvalSettings(num_steps=3, estimate_steps=1, batch_size=3, keep_samples=1)
   pipe = OraclePipeline(clips, batch_size=3)
   result = unibench.run(pipe, clips, settings)
+  # Estimation (also control fidelity's estimate back) runs estimate_steps; generation num_steps.
+  assert pipe.steps["estimate"] == {1} and pipe.steps["control"] == {3}
   summary = json.loads(json.dumps(result.summary))  # JSON-serialisable as is.
   results = summary["results"]
   video_sections = {f"{t}/{m}/video" for t in ("control", "joint") for m in constants.MODALITIES}

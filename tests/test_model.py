@@ -173,3 +173,26 @@ def test_tokenizer_round_trip_and_empty_caption():
   assert mask[1].sum() == 2  # BOS + EOS: the empty caption for classifier-free guidance.
   truncated, _ = text.tokenize(["x" * 100], 10)
   assert truncated[0, -1] == text.EOS_ID
+
+
+def test_data_prediction_returns_the_velocity_of_its_clean_estimate():
+  """x-prediction: exact v = ε − x_0 when the heads output x_0; zero heads give v = x_t / t."""
+  from unity_jax.model.dit import data_to_velocity  # pylint: disable=g-import-not-at-top
+  keys = jax.random.split(jax.random.key(3), 3)
+  x0 = jax.random.normal(keys[0], (2, 3, 4, 4, 6))
+  noise = jax.random.normal(keys[1], (2, 3, 4, 4, 6))
+  t = jnp.array([0.3, 1.0])
+  noisy = (1 - t)[:, None, None, None, None] * x0 + t[:, None, None, None, None] * noise
+  np.testing.assert_allclose(data_to_velocity(x0, noisy, t), noise - x0, atol=1e-5)
+  # Below min_t the division is clipped (bounded loss weight near clean data).
+  np.testing.assert_allclose(data_to_velocity(x0, x0 + 0.01, jnp.array([0.0, 0.001]), 0.05),
+                             jnp.full(x0.shape, 0.01 / 0.05), atol=1e-5)
+
+  config = _config(prediction="data")
+  inputs = _random_inputs(config, 2, [[0], [1]])
+  rgb_v, mod_v = build_model(config).apply({"params": init_params(config, jax.random.key(0))},
+                                           **inputs)
+  t_rgb = jnp.maximum(inputs["t_rgb"], 0.05)[:, None, None, None, None]
+  np.testing.assert_allclose(rgb_v, inputs["rgb"] / t_rgb, rtol=1e-5, atol=1e-5)
+  t_mod = jnp.maximum(inputs["t_modality"], 0.05)[:, :, None, None, None, None]
+  np.testing.assert_allclose(mod_v, inputs["modality"] / t_mod, rtol=1e-5, atol=1e-5)

@@ -122,3 +122,19 @@ def test_per_task_and_per_modality_metrics():
   assert float(summary["loss/modality/flow"]) == pytest.approx(np.mean(mod[1:3]), rel=1e-5)
   assert float(summary["count/modality/depth"]) == 0.0  # Control: depth stream unsupervised.
   assert float(summary["loss/rgb"]) == pytest.approx(np.mean([rgb[0], rgb[2], rgb[3]]), rel=1e-5)
+
+
+def test_estimate_shift_moves_only_estimation_timesteps_toward_noise():
+  tasks = [ESTIMATE, JOINT] * 4
+  batch, config = _latent_batch(tasks, [0] * len(tasks))
+  config.objective.update(shift=1.0, estimate_shift=0.0)
+  plain, _, _ = objective.make_noisy_inputs(jax.random.key(4), batch, config.objective)
+  config.objective.estimate_shift = 10.0
+  shifted, _, _ = objective.make_noisy_inputs(jax.random.key(4), batch, config.objective)
+  t_plain, t_shifted = (np.asarray(x["t_modality"][:, 0]) for x in (plain, shifted))
+  is_estimate = np.asarray(tasks) == ESTIMATE
+  # Same draws: estimation's modality timesteps get the shift, every other timestep is unchanged.
+  np.testing.assert_allclose(t_shifted[is_estimate],
+                             schedules.shift_timesteps(t_plain[is_estimate], 10.0), rtol=1e-5)
+  np.testing.assert_array_equal(t_shifted[~is_estimate], t_plain[~is_estimate])
+  np.testing.assert_array_equal(shifted["t_rgb"], plain["t_rgb"])

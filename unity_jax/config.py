@@ -19,6 +19,7 @@ ENUMS = {
     "model.switcher": ("adaptive", "token_add"),
     "model.modality_embed": ("shared", "separate"),
     "model.head_mode": ("per_modality", "shared"),
+    "model.prediction": ("velocity", "data"),
     "model.attention": ("xla", "chunked", "cudnn", "splash"),
     "model.remat": ("none", "full", "dots", "save_attention_out"),
     "model.dtype": ("float32", "bfloat16"),
@@ -62,14 +63,15 @@ def base_config() -> ml_collections.ConfigDict:
       dim=64, num_layers=2, num_heads=4, ffn_dim=256, patch_size=(1, 2, 2), freq_dim=256,
       text_encoder="builtin", text_dim=64, text_layers=2, text_heads=4, text_max_len=64,
       switcher="adaptive", modality_embed="shared", head_mode="per_modality", qk_norm=True,
-      rope_theta=10000.0, attention="xla", attention_chunk=512, remat="none", scan_layers=True,
+      prediction="velocity", data_prediction_min_t=0.05, rope_theta=10000.0, attention="xla",
+      attention_chunk=512, remat="none", scan_layers=True,
       dtype="bfloat16", param_dtype="float32", num_modality_streams=1)
   c.codec = dict(name="pixel", spatial_stride=2, temporal_stride=4, latent_channels=48)
   c.data = dict(dir="", num_frames=9, height=32, width=32, caption_len=64, prompt_len=32,
                 source_weights=(1, 1, 1, 1), worker_count=0, prefetch_buffer=2,
                 skip_corrupt=False, flip_augment=False, no_modality="rgb_only")
   c.objective = dict(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0,
-                     caption_dropout=0.1, timesteps="independent")
+                     estimate_shift=0.0, caption_dropout=0.1, timesteps="independent")
   c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="fsdp_tp")
   c.train = dict(
       batch_size=8, accumulate_steps=1, data_source="auto",
@@ -225,11 +227,15 @@ def validate(config, num_devices: int | None = None) -> None:
     _fail("codec.latent_channels", codec.latent_channels, "the pixel codec has "
           f"3*temporal_stride*spatial_stride^2 = "
           f"{3 * codec.temporal_stride * codec.spatial_stride ** 2} channels")
+  if not 0.0 < m.data_prediction_min_t <= 1.0:
+    _fail("model.data_prediction_min_t", m.data_prediction_min_t, "must lie in (0, 1]")
   o = config.objective
   if not 0.0 <= o.caption_dropout <= 1.0:
     _fail("objective.caption_dropout", o.caption_dropout, "must lie in [0, 1]")
   if o.shift <= 0:
     _fail("objective.shift", o.shift, "must be > 0")
+  if o.estimate_shift < 0:
+    _fail("objective.estimate_shift", o.estimate_shift, "must be > 0 (or 0: objective.shift)")
   if len(d.source_weights) != len(constants.SOURCES) or min(d.source_weights) < 0:
     _fail("data.source_weights", tuple(d.source_weights),
           f"must be {len(constants.SOURCES)} non-negative weights for {list(constants.SOURCES)}")

@@ -1,7 +1,8 @@
 """`unity-eval`: UniBench-synth on a trained workdir (DESIGN.md §5-6).
 
   unity-eval --workdir runs/tiny --data data/synth [--out runs/tiny/eval/unibench_synth.json]
-             [--split eval] [--clips 16] [--steps 20] [--samples DIR] [--report FILE.html]
+             [--split eval] [--clips 16] [--steps 20] [--estimate-steps 1] [--samples DIR]
+             [--report FILE.html]
 
 Prints the markdown table (model next to trivial baselines) and writes the JSON. `--samples`
 also writes side-by-side videos (.mp4, .gif, .png) of the first clip of every task and
@@ -38,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--split", default="eval", help="split with ground truth (default eval)")
   parser.add_argument("--clips", type=int, default=16,
                       help="eval clips, sources interleaved (default 16)")
-  parser.add_argument("--steps", type=int, default=20, help="ODE steps per sample (default 20)")
+  parser.add_argument("--steps", type=int, default=20,
+                      help="ODE steps of control and joint generation (default 20)")
+  parser.add_argument("--estimate-steps", type=int, default=1,
+                      help="ODE steps of estimation; 1 = the deterministic posterior-mean "
+                      "estimate (default 1)")
   parser.add_argument("--guidance", type=float, default=4.0,
                       help="caption CFG scale of control and joint generation (default 4)")
   parser.add_argument("--solver", default="euler", help="ODE solver (default euler)")
@@ -78,7 +83,8 @@ def evaluate(args: argparse.Namespace) -> dict:
   from unity_jax.eval import unibench  # pylint: disable=g-import-not-at-top
   from unity_jax.sample.pipeline import Pipeline  # pylint: disable=g-import-not-at-top
   settings = unibench.EvalSettings(
-      num_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, solver=args.solver,
+      num_steps=args.steps, estimate_steps=args.estimate_steps, guidance_scale=args.guidance,
+      seed=args.seed, solver=args.solver,
       batch_size=args.batch_size, tasks=tuple(args.tasks or unibench.TASKS),
       modalities=tuple(args.modalities or constants.MODALITIES),
       keep_samples=1 if args.samples else 0)
@@ -116,8 +122,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  if args.clips < 1 or args.steps < 1 or args.batch_size < 1:
-    print("unity-eval: --clips, --steps and --batch-size must be >= 1", file=sys.stderr)
+  if min(args.clips, args.steps, args.estimate_steps, args.batch_size) < 1:
+    print("unity-eval: --clips, --steps, --estimate-steps and --batch-size must be >= 1",
+          file=sys.stderr)
     return 2
   _configure_jax(args.jax_cache_dir)
   try:

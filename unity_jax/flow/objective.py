@@ -60,11 +60,15 @@ def make_noisy_inputs(rng, batch: dict, objective) -> tuple[dict, dict, dict]:
   rgb, modality, task = batch["rgb"], batch["modality"], batch["task_id"]
   valid = batch["modality_id"] >= 0                                    # [B, S]
   has_modality = valid.any(axis=1)
-  sample_t = lambda key, shape: schedules.sample_timesteps(
+  sample_t = lambda key, shape, shift: schedules.sample_timesteps(
       key, shape, sampling=objective.timestep_sampling, logit_mean=objective.logit_mean,
-      logit_std=objective.logit_std, shift=objective.shift)
-  t_rgb = sample_t(rng_t_rgb, task.shape)
-  t_mod = sample_t(rng_t_mod, valid.shape)
+      logit_std=objective.logit_std, shift=shift)
+  t_rgb = sample_t(rng_t_rgb, task.shape, objective.shift)
+  # Estimation may shift its modality timesteps further toward noise (objective.estimate_shift,
+  # 0 = objective.shift): near t = 1 the modality can only be read off the clean RGB stream.
+  estimate_shift = objective.estimate_shift or objective.shift
+  t_mod = sample_t(rng_t_mod, valid.shape,
+                   jnp.where((task == ESTIMATE)[:, None], estimate_shift, objective.shift))
   if objective.timesteps == "shared":
     t_mod = jnp.broadcast_to(t_rgb[:, None], valid.shape)
 

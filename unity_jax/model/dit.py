@@ -86,6 +86,22 @@ class OutputHead(nn.Module):
     return out + select(bias)[:, None, :].astype(self.dtype)
 
 
+def data_to_velocity(data_prediction, noisy, t, min_t: float = 0.05):
+  """Velocity of a clean-data (x-) prediction: v = (x_t − x̂_0) / max(t, min_t).
+
+  With x_t = (1 − t)·x_0 + t·ε and v = ε − x_0, v = (x_t − x_0)/t exactly; the clip keeps the
+  implied loss weight on x̂_0 (1/t²) bounded near clean data. Predicting data rather than
+  velocity is what lets a narrow network denoise large patches (Li & He 2025, "Back to Basics:
+  Let Denoising Generative Models Denoise"): the clean signal lies near a low-dimensional
+  manifold, while a velocity target makes the network carry the full-dimensional noise from its
+  input to its output, and what it fails to carry stays in every sample as patch-wise noise.
+  Args: data_prediction, noisy: float32 [B, ...]; t: [B] or [B, S] (a prefix of their shape).
+  """
+  t = jnp.maximum(t.astype(jnp.float32), min_t)
+  t = t.reshape(t.shape + (1,) * (noisy.ndim - t.ndim))
+  return (noisy.astype(jnp.float32) - data_prediction) / t
+
+
 class UnityDiT(nn.Module):
   """The UnityVideo transformer. See the module docstring; every field is a config switch."""
   dim: int
@@ -104,6 +120,8 @@ class UnityDiT(nn.Module):
   switcher: str = "adaptive"          # "adaptive" | "token_add" (release)
   modality_embed: str = "shared"      # "shared" | "separate" (release: own patch embed + zero linear)
   head_mode: str = "per_modality"     # "per_modality" | "shared"
+  prediction: str = "velocity"        # "velocity" | "data" (x-prediction): see data_to_velocity
+  data_prediction_min_t: float = 0.05
   qk_norm: bool = True
   rope_theta: float = 10000.0
   attention: str = "xla"
@@ -216,7 +234,8 @@ class UnityDiT(nn.Module):
     out_dim = self.latent_channels * patch[0] * patch[1] * patch[2]
     head_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     rgb_out = OutputHead(out_dim, name="rgb_head", **head_kw)(x[:, 0], cond[:, 0])
-    rgb_velocity = unpatchify(rgb_out, grid, patch, self.latent_channels).astype(jnp.float32)
+    rgb_velocity = self._velocity(unpatchify(rgb_out, grid, patch, self.latent_channels), rgb,
+                                  t_rgb)
     if not num_streams:
       return rgb_velocity, None
     per_modality = self.head_mode == "per_modality"
@@ -225,8 +244,15 @@ class UnityDiT(nn.Module):
     mod_tokens = x[:, 1:].reshape(batch * num_streams, tokens_per_stream, self.dim)
     mod_out = head(mod_tokens, cond[:, 1:].reshape(batch * num_streams, self.dim),
                    safe_id.reshape(-1) if per_modality else None)
-    mod_velocity = unpatchify(mod_out, grid, patch, self.latent_channels)
-    return rgb_velocity, mod_velocity.reshape(modality.shape).astype(jnp.float32)
+    mod_out = unpatchify(mod_out, grid, patch, self.latent_channels).reshape(modality.shape)
+    return rgb_velocity, self._velocity(mod_out, modality, t_modality)
+
+  def _velocity(self, head_out, noisy, t):
+    """The heads' output as a float32 velocity (identity for prediction="velocity")."""
+    head_out = head_out.astype(jnp.float32)
+    if self.prediction == "velocity":
+      return head_out
+    return data_to_velocity(head_out, noisy, t, self.data_prediction_min_t)
 
   def _blocks(self, groups):
     block_kw = dict(num_streams=groups, num_heads=self.num_heads, ffn_dim=self.ffn_dim,

@@ -62,11 +62,14 @@ def apply_rope(x: jnp.ndarray, angles: jnp.ndarray) -> jnp.ndarray:
   Returns:
     [B, N, heads, d] in x's dtype (rotation computed in float32).
   """
+  dtype = x.dtype
   if angles.ndim == 2:
     angles = angles[None]
-  cos = jnp.cos(angles)[:, :, None, :]
-  sin = jnp.sin(angles)[:, :, None, :]
-  pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-  even, odd = pairs[..., 0], pairs[..., 1]
-  rotated = jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1)
-  return rotated.reshape(x.shape).astype(x.dtype)
+  # (e, o) -> (e·cos − o·sin, o·cos + e·sin) written as x·cos + swap(x)·(∓sin): elementwise with
+  # a pair swap, which XLA fuses into one loop (a stack of the two halves runs 2-3x slower).
+  cos = jnp.repeat(jnp.cos(angles), 2, axis=-1)[:, :, None, :]
+  signed_sin = (jnp.repeat(jnp.sin(angles), 2, axis=-1)
+                * jnp.tile(jnp.array([-1.0, 1.0], jnp.float32), angles.shape[-1]))[:, :, None, :]
+  x = x.astype(jnp.float32)
+  swapped = x.reshape(*x.shape[:-1], -1, 2)[..., ::-1].reshape(x.shape)
+  return (x * cos + swapped * signed_sin).astype(dtype)
