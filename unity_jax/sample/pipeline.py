@@ -151,8 +151,8 @@ class Pipeline:
                    mesh=None, shift: float | None = None) -> "Pipeline":
     """Loads a unity-train workdir: its checkpoint `step` (default latest), EMA or raw weights.
 
-    Restores through the trainer's Checkpointer (orbax, <workdir>/checkpoints/<step>) with the
-    config saved in that checkpoint.
+    Restores only those weights (Checkpointer.restore_params: orbax partial restore, no
+    optimizer state) from <workdir>/checkpoints/<step>, with the config saved there.
     """
     from unity_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
     from unity_jax.train import optim  # pylint: disable=g-import-not-at-top
@@ -179,11 +179,13 @@ class Pipeline:
       mesh = _sampling_mesh(config) if mesh is None else mesh
       optimizer = optim.make_optimizer(config, state_lib.abstract_params(config))
       abstract, _ = state_lib.abstract_state(config, mesh, optimizer)
-      state = checkpointer.restore(step, abstract)
+      # Only the weights asked for: a third of the state's bytes (no Adam moments, one copy).
+      params = checkpointer.restore_params(step, abstract.ema_params if weights == "ema"
+                                           else abstract.params,
+                                           "ema_params" if weights == "ema" else "params")
     finally:
       checkpointer.close()
-    pipe = cls(config, state.ema_params if weights == "ema" else state.params, mesh=mesh,
-               shift=shift)
+    pipe = cls(config, params, mesh=mesh, shift=shift)
     pipe.step, pipe.weights = step, weights
     return pipe
 
