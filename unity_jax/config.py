@@ -235,7 +235,7 @@ def validate(config, num_devices: int | None = None) -> None:
   if o.shift <= 0:
     _fail("objective.shift", o.shift, "must be > 0")
   if o.estimate_shift < 0:
-    _fail("objective.estimate_shift", o.estimate_shift, "must be > 0 (or 0: objective.shift)")
+    _fail("objective.estimate_shift", o.estimate_shift, "must be >= 0 (0: use objective.shift)")
   if len(d.source_weights) != len(constants.SOURCES) or min(d.source_weights) < 0:
     _fail("data.source_weights", tuple(d.source_weights),
           f"must be {len(constants.SOURCES)} non-negative weights for {list(constants.SOURCES)}")

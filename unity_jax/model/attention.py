@@ -59,8 +59,8 @@ def chunked_attention(q, k, v, key_mask=None, *, query_chunk=256, key_chunk=512)
   k = _pad_to_multiple(heads_first(k), 2, key_chunk)
   v = _pad_to_multiple(heads_first(v), 2, key_chunk)
   # Masked and padding keys get -inf-like logits (padding is False in the padded mask).
-  key_bias = jnp.where(_pad_to_multiple(key_mask, 1, key_chunk), 0.0, _NEG_INF)
-  out = _flash_attention(q, k, v, key_bias.astype(jnp.float32), query_chunk, key_chunk)
+  key_bias = jnp.where(_pad_to_multiple(key_mask, 1, key_chunk), 0.0, _NEG_INF).astype(jnp.float32)
+  out = _flash_attention(q, k, v, key_bias, query_chunk, key_chunk)
   return heads_first(out[:, :, :num_q])
 
 

@@ -180,9 +180,8 @@ class Pipeline:
       optimizer = optim.make_optimizer(config, state_lib.abstract_params(config))
       abstract, _ = state_lib.abstract_state(config, mesh, optimizer)
       # Only the weights asked for: a third of the state's bytes (no Adam moments, one copy).
-      params = checkpointer.restore_params(step, abstract.ema_params if weights == "ema"
-                                           else abstract.params,
-                                           "ema_params" if weights == "ema" else "params")
+      field = "ema_params" if weights == "ema" else "params"
+      params = checkpointer.restore_params(step, getattr(abstract, field), field)
     finally:
       checkpointer.close()
     pipe = cls(config, params, mesh=mesh, shift=shift)
