@@ -4,16 +4,17 @@ the same run.
   python benchmarks/train_step.py [--configs tiny,small] [--steps 10] [--out RESULT.json]
 
 For each config (full geometry, its global batch, fp32, one CPU device):
-  step time       mean wall time of the AOT-compiled train step (state donated; batches already
-                  on the device, so input generation is excluded), after 2 warm-up steps;
+  step time       median wall time of the AOT-compiled train step (state donated; batches
+                  already on the device, so input generation is excluded), after 2 warm-up steps;
   tokens/s        joint tokens (RGB + modality streams) per sample x batch / step time;
   model FLOPs     XLA cost analysis of the compiled step (forward, backward, optimizer, EMA);
                   layers are unrolled (model.scan_layers=False) because XLA counts a loop body
                   once — the unrolled step is also the one timed; with chunked attention the
                   FLOPs are counted on the same step with dot-product attention;
-  matmul FLOP/s   best of 5 dense fp32 2048x2048 matmuls, measured right before the config's
-                  timing loop (the machine is shared: both figures see the same load);
-  MFU-proxy       (model FLOPs / step time) / matmul FLOP/s;
+  matmul FLOP/s   best of 3 dense fp32 2048x2048 matmuls, measured right after every timed step
+                  (the machine is shared: each step and its matmul figure see the same load);
+  MFU-proxy       (model FLOPs / step time) / matmul FLOP/s per step, the median over steps
+                  (and the range);
   memory          per-device bytes from memory_analysis() of the compiled step on 1 device and
                   on 8 fake devices with 8-way FSDP (mesh fsdp=8; batch raised to 8 if smaller),
                   the 8-device part in a subprocess (XLA_FLAGS must be set before jax starts),
@@ -37,6 +38,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -100,18 +102,23 @@ def tokens_per_sample(config) -> int:
   return (1 + config.model.num_modality_streams) * (f // pt) * (h // ph) * (w // pw)
 
 
-def time_steps(config, compiled, shardings, mesh, optimizer, steps: int) -> float:
+def time_steps(config, compiled, shardings, mesh, optimizer, steps: int):
+  """Per-step wall times of `steps` train steps after 2 warm-up steps, each followed by a
+  dense-matmul rate measurement: ([seconds], [FLOP/s]), pairs taken under the same load."""
   state = state_lib.create_state(config, mesh, optimizer, shardings)
   source = sources.RandomSource(config, 0)
   batches = [mesh_lib.shard_batch(source.next_batch(i), mesh) for i in range(2)]
   for i in range(2):                                                  # warm-up
     state, metrics = compiled(state, batches[i % 2])
   jax.block_until_ready(metrics)
-  start = time.perf_counter()
+  step_times, matmul_rates = [], []
   for i in range(steps):
+    start = time.perf_counter()
     state, metrics = compiled(state, batches[i % 2])
-  jax.block_until_ready((state, metrics))
-  return (time.perf_counter() - start) / steps
+    jax.block_until_ready((state, metrics))
+    step_times.append(time.perf_counter() - start)
+    matmul_rates.append(matmul_flops_per_second(repeats=3))
+  return step_times, matmul_rates
 
 
 def memory_worker(name: str) -> None:
@@ -140,8 +147,7 @@ def fsdp8_memory(name: str) -> dict:
 def run(name: str, steps: int, with_fsdp: bool) -> dict:
   config = benchmark_config(name)
   compiled, report, abstract, shardings, mesh, optimizer = compile_step(config)
-  matmul = matmul_flops_per_second()
-  step_time = time_steps(config, compiled, shardings, mesh, optimizer, steps)
+  step_times, matmul_rates = time_steps(config, compiled, shardings, mesh, optimizer, steps)
   flops = report["flops"]
   if config.model.attention == "chunked":
     # The chunked kernel loops over key/query blocks and XLA counts a loop body once: count the
@@ -149,12 +155,15 @@ def run(name: str, steps: int, with_fsdp: bool) -> dict:
     counting = config.copy_and_resolve_references()
     counting.model.attention = "xla"
     flops = compile_step(counting)[1]["flops"]
+  step_time, matmul = float(np.median(step_times)), float(np.median(matmul_rates))
+  ratios = [flops / t / m for t, m in zip(step_times, matmul_rates)]
   result = {
       "batch_size": int(config.train.batch_size), "tokens_per_sample": tokens_per_sample(config),
-      "step_time_s": step_time,
+      "step_time_s": step_time, "step_times_s": step_times,
       "tokens_per_s": tokens_per_sample(config) * config.train.batch_size / step_time,
       "model_flops_per_step": flops, "model_flops_per_s": flops / step_time,
-      "matmul_flops_per_s": matmul, "mfu_proxy": flops / step_time / matmul,
+      "matmul_flops_per_s": matmul, "mfu_proxy": float(np.median(ratios)),
+      "mfu_proxy_range": [min(ratios), max(ratios)],
       "memory_1_device": {k: report.get(k, 0) for k in MEMORY_KEYS},
       "state_bytes_total": state_lib.state_bytes_per_device(abstract)["total"],
   }
@@ -166,12 +175,16 @@ def run(name: str, steps: int, with_fsdp: bool) -> dict:
 def print_result(name: str, r: dict) -> None:
   fmt = monitor.format_bytes
   print(f"== {name} (batch {r['batch_size']}, {r['tokens_per_sample']} joint tokens/sample) ==")
-  print(f"  step time          {r['step_time_s'] * 1e3:9.1f} ms")
+  print(f"  step time          {r['step_time_s'] * 1e3:9.1f} ms (median of "
+        f"{len(r['step_times_s'])})")
   print(f"  tokens/s           {r['tokens_per_s']:9.0f}")
   print(f"  model FLOPs/step   {r['model_flops_per_step'] / 1e9:9.2f} GFLOP (XLA cost analysis)")
   print(f"  achieved           {r['model_flops_per_s'] / 1e9:9.1f} GFLOP/s")
-  print(f"  dense matmul       {r['matmul_flops_per_s'] / 1e9:9.1f} GFLOP/s (fp32, this run)")
-  print(f"  MFU-proxy          {r['mfu_proxy']:9.1%}")
+  print(f"  dense matmul       {r['matmul_flops_per_s'] / 1e9:9.1f} GFLOP/s (fp32, median "
+        "after each step)")
+  low, high = r["mfu_proxy_range"]
+  print(f"  MFU-proxy          {r['mfu_proxy']:9.1%} (median of per-step ratios; range "
+        f"{low:.1%}-{high:.1%})")
   m1 = r["memory_1_device"]
   print(f"  1 device:  arguments {fmt(m1['argument_size_in_bytes'])}, temporaries "
         f"{fmt(m1['temp_size_in_bytes'])}, outputs {fmt(m1['output_size_in_bytes'])}; "
