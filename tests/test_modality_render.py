@@ -212,3 +212,23 @@ def test_errors_name_the_problem():
   with pytest.raises(ValueError, match="part_index"):
     mr.render_modality("densepose", {"part_index": np.full((1, 2, 2), 25),
                                      "uv": np.zeros((1, 2, 2, 2))})
+
+
+def test_mirror_flow_video_is_the_rendering_of_the_flipped_flow():
+  """Horizontal flip augmentation of flow: columns mirrored and u negated, on the uint8 video."""
+  rng = np.random.default_rng(2)
+  width = 64
+  limit = mr.flow_max_magnitude(width)
+  angle = rng.uniform(-np.pi, np.pi, (2, 16, width))
+  magnitude = rng.uniform(0, limit, (2, 16, width))
+  flow = np.stack([np.cos(angle), np.sin(angle)], -1) * magnitude[..., None]
+  flipped = flow[:, :, ::-1] * np.array([-1.0, 1.0])
+  mirrored = mr.mirror_flow_video(mr.render_modality("flow", {"flow": flow}))
+  direct = mr.render_modality("flow", {"flow": flipped})
+  assert mirrored.dtype == np.uint8 and mirrored.shape == direct.shape
+  assert np.abs(mirrored.astype(int) - direct).max() <= 4
+  assert np.linalg.norm(mr.decode_modality("flow", mirrored) - flipped, axis=-1).max() < 0.15
+  # Left and right motions swap colours: a rightward flow becomes the leftward one's colour.
+  right = mr.render_modality("flow", {"flow": np.full((1, 1, 2, 2), [2.0, 0.0])})
+  left = mr.render_modality("flow", {"flow": np.full((1, 1, 2, 2), [-2.0, 0.0])})
+  np.testing.assert_array_equal(mr.mirror_flow_video(right), left)

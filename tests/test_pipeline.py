@@ -11,6 +11,7 @@ import pytest
 
 from unity_jax import constants
 from unity_jax.data import examples
+from unity_jax.data import modality_render
 from unity_jax.data import pipeline
 from unity_jax.data import prompts
 from unity_jax.data import sampling
@@ -270,21 +271,24 @@ def test_wrong_record_shape_is_a_clear_error():
 
 
 def test_flip_augment_mirrors_rgb_and_flip_safe_modalities_only():
-  config = make_config(modalities=("depth", "flow"), modality_weights=(0.5, 0.5))
+  config = make_config(modalities=("depth", "flow", "skeleton"), modality_weights=(1, 1, 1))
   config.data.flip_augment = True
   batches = take(pipeline.make_iterator(make_batches(config)), 30)
-  flipped_depth = flipped_flow = 0
+  flow_video = make_clip("general", 0)["modalities"]["flow"]
+  flipped = {"depth": 0, "flow": 0, "skeleton": 0}
   for batch in batches:
     for row in range(8):
+      name = constants.MODALITIES[batch["modality_id"][row]]
       rgb_flipped = batch["rgb"][row, 1, 0, 0, 2] == W - 1
-      mod_flipped = batch["modality_video"][row, 0, 0, 0, 0] == 100 + W - 1
-      assert rgb_flipped == mod_flipped
+      flipped[name] += rgb_flipped
       caption = text.detokenize(batch["caption_tokens"][row:row + 1])[0]
       assert caption == ("a ball rolls right" if rgb_flipped else "a ball rolls left")
-      name = constants.MODALITIES[batch["modality_id"][row]]
-      flipped_depth += rgb_flipped and name == "depth"
-      flipped_flow += rgb_flipped and name == "flow"
-  assert flipped_depth > 0 and flipped_flow == 0
+      if name == "flow":  # mirrored and its horizontal component negated
+        expected = modality_render.mirror_flow_video(flow_video) if rgb_flipped else flow_video
+        np.testing.assert_array_equal(batch["modality_video"][row], expected)
+      else:
+        assert rgb_flipped == (batch["modality_video"][row, 0, 0, 0, 0] == 100 + W - 1)
+  assert flipped["depth"] > 0 and flipped["flow"] > 0 and flipped["skeleton"] == 0
 
 
 def test_swap_left_right_keeps_case():

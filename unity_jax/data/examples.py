@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from unity_jax import constants
+from unity_jax.data import modality_render
 from unity_jax.data import prompts
 from unity_jax.data import sampling
 from unity_jax.model import text
@@ -21,12 +22,10 @@ from unity_jax.data.schema import RecordError  # Corrupt data; the message names
 SKIPPED_KEY = "_skipped_corrupt"
 """Internal per-example field: corrupt records skipped to produce it (removed by BatchIterator)."""
 
-FLIP_SAFE_MODALITIES = ("depth", "segmentation")
-"""Modalities whose rendering stays correct under a horizontal flip of the frames.
-
-Not flow (dx must be negated, which the colour-wheel rendering does not allow on pixels),
-skeleton or densepose (left/right body parts would need swapping).
-"""
+FLIP_SAFE_MODALITIES = ("depth", "segmentation", "flow")
+"""Modalities that stay correct under a horizontal flip of the frames (flow is decoded, its
+horizontal component negated and re-rendered: modality_render.mirror_flow_video). Not skeleton
+or densepose (left/right body parts would need swapping)."""
 
 MAX_CORRUPT_IN_A_ROW = 64
 """With skip_corrupt, give up (raise) after this many consecutive corrupt records."""
@@ -173,7 +172,8 @@ class ExampleBuilder:
     if (self.options.flip_augment and draw.flip
         and modality_name in ("none", *FLIP_SAFE_MODALITIES)):
       rgb = rgb[:, :, ::-1]
-      modality_video = modality_video[:, :, ::-1]
+      modality_video = (modality_render.mirror_flow_video(modality_video)
+                        if modality_name == "flow" else modality_video[:, :, ::-1])
       caption = swap_left_right(caption)
     caption_tokens, caption_mask = text.tokenize([caption], self.options.caption_len)
     targets = clip.get("segmentation_targets") if modality_name == "segmentation" else None
