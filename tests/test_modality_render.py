@@ -138,13 +138,18 @@ def test_skeleton_without_person_is_black_and_decodes_to_one_empty_row():
   np.testing.assert_array_equal(mr.decode_modality("skeleton", video), keypoints)
 
 
-def test_flow_wheel_saturates_and_decodes_synthetic_flows():
-  rng = np.random.default_rng(1)
-  width = 64
+def _random_flow(seed, height, width):
+  """float [2, height, width, 2] flows of uniform direction and magnitude up to the wheel's
+  limit for `width`; returns (flow, magnitude [2, height, width], limit)."""
+  rng = np.random.default_rng(seed)
   limit = mr.flow_max_magnitude(width)
-  angle = rng.uniform(-np.pi, np.pi, (2, 32, width))
-  magnitude = rng.uniform(0, limit, (2, 32, width))
-  flow = np.stack([np.cos(angle), np.sin(angle)], -1) * magnitude[..., None]
+  angle = rng.uniform(-np.pi, np.pi, (2, height, width))
+  magnitude = rng.uniform(0, limit, (2, height, width))
+  return np.stack([np.cos(angle), np.sin(angle)], -1) * magnitude[..., None], magnitude, limit
+
+
+def test_flow_wheel_saturates_and_decodes_synthetic_flows():
+  flow, magnitude, limit = _random_flow(1, 32, 64)
   decoded = mr.decode_modality("flow", mr.render_modality("flow", {"flow": flow}))
   assert np.linalg.norm(decoded - flow, axis=-1).max() < 0.15
   # Zero flow is white; flows beyond the limit keep their direction at the maximum magnitude.
@@ -216,12 +221,7 @@ def test_errors_name_the_problem():
 
 def test_mirror_flow_video_is_the_rendering_of_the_flipped_flow():
   """Horizontal flip augmentation of flow: columns mirrored and u negated, on the uint8 video."""
-  rng = np.random.default_rng(2)
-  width = 64
-  limit = mr.flow_max_magnitude(width)
-  angle = rng.uniform(-np.pi, np.pi, (2, 16, width))
-  magnitude = rng.uniform(0, limit, (2, 16, width))
-  flow = np.stack([np.cos(angle), np.sin(angle)], -1) * magnitude[..., None]
+  flow, _, _ = _random_flow(2, 16, 64)
   flipped = flow[:, :, ::-1] * np.array([-1.0, 1.0])
   mirrored = mr.mirror_flow_video(mr.render_modality("flow", {"flow": flow}))
   direct = mr.render_modality("flow", {"flow": flipped})
