@@ -18,7 +18,10 @@ For each config (full geometry, its global batch, fp32, one CPU device):
   memory          per-device bytes from memory_analysis() of the compiled step on 1 device and
                   on 8 fake devices with 8-way FSDP (mesh fsdp=8; batch raised to 8 if smaller),
                   the 8-device part in a subprocess (XLA_FLAGS must be set before jax starts),
-                  plus the train state bytes held per device vs total / 8 (target <= 1.1).
+                  plus the train state bytes held per device vs total / 8 (target <= 1.1);
+  allocator       the script re-executes itself with the tuned glibc malloc of the unity-*
+                  commands (unity_jax/host_allocator.py: no per-step page faults on XLA:CPU's
+                  temporaries); UNITY_JAX_MALLOC_TUNING=0 measures the default allocator.
 --out writes {"tiny": {"step_time_s": ..., ...}, "small": {...}}, the --step-times input of
 benchmarks/data.py.
 """
@@ -31,6 +34,10 @@ import subprocess
 import sys
 import time
 
+from unity_jax import host_allocator
+
+if __name__ == "__main__":
+  host_allocator.maybe_reexec()
 # One device in this process (any inherited fake-device flag is replaced); see --memory-worker.
 if "--memory-worker" not in sys.argv:
   os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
@@ -210,7 +217,8 @@ def main():
   if args.memory_worker:
     memory_worker(args.memory_worker)
     return
-  results = {}
+  print(f"allocator: {host_allocator.describe()}")
+  results = {"allocator": host_allocator.describe()}
   for name in args.configs.split(","):
     results[name] = run(name, args.steps, not args.no_fsdp)
     print_result(name, results[name])

@@ -18,6 +18,7 @@ import sys
 import time
 
 from unity_jax import constants
+from unity_jax import host_allocator
 
 DEFAULT_OUT = os.path.join("eval", "unibench_synth.json")
 """--out default, relative to the workdir."""
@@ -121,6 +122,8 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
+  if argv is None:  # the console script, not a call from Python
+    host_allocator.maybe_reexec()
   args = build_parser().parse_args(argv)
   if min(args.clips, args.steps, args.estimate_steps, args.batch_size) < 1:
     print("unity-eval: --clips, --steps, --estimate-steps and --batch-size must be >= 1",

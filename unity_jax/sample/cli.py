@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from unity_jax import constants
+from unity_jax import host_allocator
 from unity_jax.flow import samplers
 
 CLI_TASKS = ("joint", "control", "estimate")
@@ -114,6 +115,8 @@ def run(args) -> list[str]:
 
 
 def main(argv=None) -> int:
+  if argv is None:  # the console script, not a call from Python
+    host_allocator.maybe_reexec()
   args = build_parser().parse_args(argv)
   try:
     run(args)

@@ -19,6 +19,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from unity_jax import host_allocator
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file and args: configs/NAME.py[:ARGS].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, summary).")
@@ -65,6 +67,7 @@ def _main(argv) -> int:
 
 
 def main():
+  host_allocator.maybe_reexec()
   app.run(_main)
 
 
