@@ -12,9 +12,10 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.model.update(dim=256, num_layers=6, num_heads=4, ffn_dim=1024, text_dim=128,
                       text_layers=2, text_heads=4, dtype="float32",
-                      # Flash-style attention in 1,280-token tiles (two per sequence): on 2 CPU
-                      # cores ~10% faster than 512 (9.0-10.2 vs 10.1-11.1 s per step) and
-                      # faster than one 2,560 tile (12.2 s) or dot-product attention.
+                      # Flash-style attention in 1,280-token tiles (2 x 2 per sequence, loops
+                      # unrolled): on 2 CPU cores faster than 512 (10.1-11.1 s per step before
+                      # unrolling, vs 9.0-10.2), than one 2,560 tile (12.2 s) or dot-product
+                      # attention; 640 is even with it once unrolled (9.1-9.7 vs 9.4 s).
                       attention="chunked", attention_chunk=1280)
   config.data.update(num_frames=17, height=64, width=64)
   config.train.batch_size = 4

@@ -57,6 +57,7 @@ def test_rope_is_a_rotation():
   np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
 
 
+# 5 x 5 tiles (rolled loops), 4 x 4 and 1 x 5 (unrolled, attention.MAX_UNROLLED_TILES).
 @pytest.mark.parametrize("num_q,num_k,chunk", [(37, 37, 8), (64, 50, 16), (10, 130, 32)])
 def test_chunked_attention_matches_dot_product(num_q, num_k, chunk):
   keys = jax.random.split(jax.random.key(1), 4)
@@ -71,11 +72,12 @@ def test_chunked_attention_matches_dot_product(num_q, num_k, chunk):
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-def test_chunked_attention_gradients_match():
+@pytest.mark.parametrize("chunk", [16, 8])  # 3 x 3 tiles (unrolled loops), 5 x 5 (rolled)
+def test_chunked_attention_gradients_match(chunk):
   keys = jax.random.split(jax.random.key(2), 3)
   q, k, v = (jax.random.normal(key, (1, 40, 2, 8)) for key in keys)
   loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(attention_lib.attention(
-      q, k, v, implementation=impl, query_chunk=16, key_chunk=16)))
+      q, k, v, implementation=impl, query_chunk=chunk, key_chunk=chunk)))
   ref = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
   out = jax.grad(loss("chunked"), argnums=(0, 1, 2))(q, k, v)
   for a, b in zip(out, ref):
