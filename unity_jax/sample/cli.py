@@ -20,12 +20,14 @@ import numpy as np
 
 from unity_jax import constants
 from unity_jax import host_allocator
-from unity_jax.flow import samplers
 
 CLI_TASKS = ("joint", "control", "estimate")
 
 
 def build_parser() -> argparse.ArgumentParser:
+  # Imported here, not at module level: `main` re-executes the process (host_allocator) before
+  # building the parser, and jax should be imported only once, after that.
+  from unity_jax.flow import samplers  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog="unity-sample", description="Sample a unity-train workdir: joint generation, "
       "control (modality video -> RGB) or estimation (RGB video -> modality).")
