@@ -84,6 +84,39 @@ def test_chunked_attention_gradients_match(chunk):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+# Segment masks (one flag per stream, as the DiT passes them): segments of whole key chunks
+# take the per-chunk bias path, others the per-key one; unrolled (2 x 4, 2 x 2 tiles) and
+# rolled (8 x 8) loops; sample 0 has its first segment masked, so the online softmax must
+# discard a fully masked first chunk.
+@pytest.mark.parametrize("num_k,segments,chunk", [(64, 4, 16), (64, 2, 24), (64, 4, 8)])
+def test_chunked_attention_segment_masks_match_in_values_and_gradients(num_k, segments, chunk):
+  keys = jax.random.split(jax.random.key(3), 4)
+  q = jax.random.normal(keys[0], (2, 32, 2, 8))
+  k = jax.random.normal(keys[1], (2, num_k, 2, 8)) * 3
+  v = jax.random.normal(keys[2], (2, num_k, 2, 8))
+  segment_mask = jnp.ones((2, segments), bool).at[0, 0].set(False).at[1, -1].set(False)
+  key_mask = attention_lib.expand_key_mask(segment_mask, num_k)
+  assert key_mask.shape == (2, num_k) and int(key_mask.sum()) == 2 * num_k - 2 * num_k // segments
+  # Huge masked keys: a softmax max taken over them would underflow every valid probability.
+  k = jnp.where(key_mask[:, :, None, None], k, 1e3 * k)
+  weights = jax.random.normal(keys[3], (2, 32, 2, 8))
+  loss = lambda impl, mask: lambda q, k, v: jnp.sum(weights * attention_lib.attention(
+      q, k, v, mask, implementation=impl, query_chunk=16, key_chunk=chunk))
+  ref = jax.value_and_grad(loss("xla", key_mask), argnums=(0, 1, 2))(q, k, v)
+  for mask in (segment_mask, key_mask):
+    out = jax.value_and_grad(loss("chunked", mask), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-5)
+    for a, b in zip(out[1], ref[1]):
+      np.testing.assert_allclose(a, b, atol=1e-5)
+  # Masked keys get no gradient.
+  np.testing.assert_array_equal(out[1][1][~key_mask], 0.0)
+
+
+def test_key_masks_of_the_wrong_length_fail_clearly():
+  with pytest.raises(ValueError, match="3 entries per sample.*divisor of 64"):
+    attention_lib.expand_key_mask(jnp.ones((2, 3), bool), 64)
+
+
 def test_chunked_attention_memory_grows_linearly():
   """Peak temp bytes of the compiled kernel: ~2x for 2x tokens (quadratic would be ~4x)."""
   def temp_bytes(n):

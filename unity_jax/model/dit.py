@@ -225,9 +225,9 @@ class UnityDiT(nn.Module):
     stream_valid = jnp.ones((batch, 1), bool)
     if num_streams:
       stream_valid = jnp.concatenate([stream_valid, modality_id >= 0], axis=1)
-    key_mask = jnp.repeat(stream_valid, tokens_per_stream, axis=1)   # [B, G·n]
     x = x.reshape(batch, groups * tokens_per_stream, self.dim).astype(self.dtype)
-    x = self._blocks(groups)(x, modulation, context, context_mask, angles, key_mask)
+    # One key-mask flag per stream: chunked attention masks whole key chunks with it.
+    x = self._blocks(groups)(x, modulation, context, context_mask, angles, stream_valid)
 
     # --- Heads.
     x = x.reshape(batch, groups, tokens_per_stream, self.dim)

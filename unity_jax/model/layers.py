@@ -78,7 +78,8 @@ class Attention(nn.Module):
   """Multi-head attention with RMS qk-norm; self-attention when `context` is None.
 
   x: [B, N, D]; context: [B, L, D]; rope_angles: [N, head_dim // 2] (self-attention only);
-  key_mask: bool [B, N or L]. Returns [B, N, D].
+  key_mask: bool [B, N or L], or one flag per equal segment of keys ([B, S], see
+  `attention.expand_key_mask`). Returns [B, N, D].
   """
   num_heads: int
   implementation: str = "xla"
@@ -141,7 +142,7 @@ class DiTBlock(nn.Module):
   Inputs:
     x: [B, G·N, D] tokens (stream-major); modulation: [B, G, 6, D] from the shared time
     projection; context: [B·G, L, D]; context_mask: bool [B·G, L]; rope_angles: [G·N, d/2];
-    key_mask: bool [B, G·N] (False on tokens of absent streams).
+    key_mask: bool [B, G], False for absent streams (or per token, [B, G·N]).
   """
   num_streams: int
   num_heads: int
