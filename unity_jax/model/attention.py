@@ -187,22 +187,26 @@ def _flash_attention_fwd(q, k, v, key_bias, query_chunk, key_chunk, unroll):
   return out, (q, k, v, key_bias, out, lse, kept)
 
 
-def _tile_gradients(probs, q_tile, k_tile, v_tile, d_out_tile, delta_tile):
+def _tile_gradients(probs, factor, query_tiles, k_tile, v_tile):
   """Gradient parts of one tile, FlashAttention-2 style: dS = P * (dP - rowsum(dO * O)).
 
-  probs: the tile's softmax probabilities P [B, H, Cq, Ck]; q/d_out tiles [B, H, Cq, d],
-  k/v tiles [B, H, Ck, d]; delta [B, H, Cq]. Returns (dq [B, H, Cq, d], dk and dv transposed,
-  [B, H, d, Ck]). dv^T = dO^T P and dk^T = Q^T dS take the small transposed operands
-  materialised (behind an optimization barrier, so XLA does not fold the transposes back into
-  the dots): XLA:CPU runs P^T dO, which contracts P's leading axis, at ~0.55x the speed.
+  probs: [B, H, Cq, Ck], the tile's softmax probabilities P, or P / factor[..., None] when
+  `factor` [B, H, Cq] is given (folded into dO and delta, not applied to the tile);
+  query_tiles: (q [B, H, Cq, d], q^T [B, H, d, Cq], dO, dO^T, delta [B, H, Cq]);
+  k, v tiles: [B, H, Ck, d]. Returns (dq [B, H, Cq, d], dk^T and dv^T [B, H, d, Ck]).
+  dv^T = dO^T P and dk^T = Q^T dS use the transposed query-side operands: XLA:CPU runs
+  P^T dO, which contracts P's leading axis, at ~0.55x the speed.
   """
-  transposed = lambda x: jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+  q_tile, q_tile_t, d_out_tile, d_out_tile_t, delta_tile = query_tiles
+  if factor is not None:
+    d_out_tile, d_out_tile_t = d_out_tile * factor[..., None], d_out_tile_t * factor[..., None, :]
+    delta_tile = delta_tile * factor
   dot = functools.partial(jnp.einsum, preferred_element_type=jnp.float32)
-  dv_t = dot("bhdq,bhqk->bhdk", transposed(d_out_tile), probs)
+  dv_t = dot("bhdq,bhqk->bhdk", d_out_tile_t, probs)
   d_probs = dot("bhqd,bhkd->bhqk", d_out_tile, v_tile)
   d_logits = probs * (d_probs - delta_tile[..., None])
   dq = dot("bhqk,bhkd->bhqd", d_logits, k_tile)
-  dk_t = dot("bhdq,bhqk->bhdk", transposed(q_tile), d_logits)
+  dk_t = dot("bhdq,bhqk->bhdk", q_tile_t, d_logits)
   return dq, dk_t, dv_t
 
 
@@ -212,20 +216,22 @@ def _flash_attention_bwd(query_chunk, key_chunk, unroll, residuals, d_out):
   is folded into dO and delta (so into dv, dP and dS) instead of a pass over the tile."""
   q, k, v, key_bias, out, lse, kept = residuals
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)  # [B, H, Nq]
-  query_blocks = (_blocks(q, query_chunk), _blocks(d_out, query_chunk),
-                  _blocks(lse, query_chunk), _blocks(delta, query_chunk))
+  # Transposed once here, behind a barrier so XLA does not fold them back into the dots.
+  transposed = lambda x: jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+  q_blocks, d_out_blocks = _blocks(q, query_chunk), _blocks(d_out, query_chunk)
+  query_blocks = (q_blocks, transposed(q_blocks), d_out_blocks, transposed(d_out_blocks),
+                  _blocks(delta, query_chunk))
+  lse_blocks = _blocks(lse, query_chunk)
   key_blocks = (_blocks(k, key_chunk), _blocks(v, key_chunk), key_bias)
   k_tile_shape = key_blocks[0].shape[1:]
   zeros_t = jnp.zeros(k_tile_shape[:2] + k_tile_shape[:1:-1], jnp.float32)  # [B, H, d, Ck]
   if unroll:
-    dq = [jnp.zeros(q_tile.shape, jnp.float32) for q_tile in query_blocks[0]]
+    dq = [jnp.zeros(q_tile.shape, jnp.float32) for q_tile in q_blocks]
     dk_t, dv_t = [zeros_t] * len(key_bias), [zeros_t] * len(key_bias)
-    for i, (q_tile, d_out_tile, lse_tile, delta_tile) in enumerate(zip(*query_blocks)):
+    for i, (query_tiles, lse_tile) in enumerate(zip(zip(*query_blocks), lse_blocks)):
       for j, (k_tile, v_tile, _) in enumerate(zip(*key_blocks)):
         probs, tile_max = kept[i][j]
-        factor = jnp.exp(tile_max - lse_tile)[..., None]
-        parts = _tile_gradients(probs, q_tile, k_tile, v_tile,
-                                d_out_tile * factor, delta_tile * factor[..., 0])
+        parts = _tile_gradients(probs, jnp.exp(tile_max - lse_tile), query_tiles, k_tile, v_tile)
         dq[i], dk_t[j], dv_t[j] = dq[i] + parts[0], dk_t[j] + parts[1], dv_t[j] + parts[2]
     dq, dk_t, dv_t = jnp.stack(dq), jnp.stack(dk_t), jnp.stack(dv_t)
   else:
@@ -233,16 +239,16 @@ def _flash_attention_bwd(query_chunk, key_chunk, unroll, residuals, d_out):
       k_tile, v_tile, bias_tile = kv
 
       def query_chunk_step(carry, inputs):
-        (q_tile, d_out_tile, lse_tile, delta_tile), dq_tile = inputs
-        probs = jnp.exp(_tile_scores(q_tile, k_tile) + bias_tile - lse_tile[..., None])
-        parts = _tile_gradients(probs, q_tile, k_tile, v_tile, d_out_tile, delta_tile)
+        query_tiles, lse_tile, dq_tile = inputs
+        probs = jnp.exp(_tile_scores(query_tiles[0], k_tile) + bias_tile - lse_tile[..., None])
+        parts = _tile_gradients(probs, None, query_tiles, k_tile, v_tile)
         return (carry[0] + parts[1], carry[1] + parts[2]), dq_tile + parts[0]
 
       (dk_t, dv_t), dq = jax.lax.scan(query_chunk_step, (zeros_t, zeros_t),
-                                      (query_blocks, dq))
+                                      (query_blocks, lse_blocks, dq))
       return dq, (dk_t, dv_t)
 
-    dq = jnp.zeros(query_blocks[0].shape, jnp.float32)
+    dq = jnp.zeros(q_blocks.shape, jnp.float32)
     dq, (dk_t, dv_t) = jax.lax.scan(key_chunk_step, dq, key_blocks)
   to_keys = lambda x_t, dtype: _unblocks(jnp.swapaxes(x_t, -1, -2)).astype(dtype)
   return (_unblocks(dq).astype(q.dtype), to_keys(dk_t, k.dtype), to_keys(dv_t, v.dtype),
