@@ -85,11 +85,13 @@ def test_chunked_attention_gradients_match(chunk):
 
 
 # Segment masks (one flag per stream, as the DiT passes them): segments of whole key chunks
-# take the per-chunk bias path, others the per-key one; unrolled (2 x 4, 2 x 2 tiles) and
-# rolled (8 x 8) loops; sample 0 has its first segment masked, so the online softmax must
+# take the per-chunk bias path, others the per-key one; unrolled (2 x 4, 2 x 3 tiles) and
+# rolled (4 x 8) loops; sample 0 has its first segment masked, so the online softmax must
 # discard a fully masked first chunk.
-@pytest.mark.parametrize("num_k,segments,chunk", [(64, 4, 16), (64, 2, 24), (64, 4, 8)])
-def test_chunked_attention_segment_masks_match_in_values_and_gradients(num_k, segments, chunk):
+@pytest.mark.parametrize("num_k,segments,query_chunk,key_chunk",
+                         [(64, 4, 16, 16), (64, 2, 16, 24), (64, 4, 8, 8)])
+def test_chunked_attention_segment_masks_match_in_values_and_gradients(num_k, segments,
+                                                                       query_chunk, key_chunk):
   keys = jax.random.split(jax.random.key(3), 4)
   q = jax.random.normal(keys[0], (2, 32, 2, 8))
   k = jax.random.normal(keys[1], (2, num_k, 2, 8)) * 3
@@ -101,7 +103,7 @@ def test_chunked_attention_segment_masks_match_in_values_and_gradients(num_k, se
   k = jnp.where(key_mask[:, :, None, None], k, 1e3 * k)
   weights = jax.random.normal(keys[3], (2, 32, 2, 8))
   loss = lambda impl, mask: lambda q, k, v: jnp.sum(weights * attention_lib.attention(
-      q, k, v, mask, implementation=impl, query_chunk=16, key_chunk=chunk))
+      q, k, v, mask, implementation=impl, query_chunk=query_chunk, key_chunk=key_chunk))
   ref = jax.value_and_grad(loss("xla", key_mask), argnums=(0, 1, 2))(q, k, v)
   for mask in (segment_mask, key_mask):
     out = jax.value_and_grad(loss("chunked", mask), argnums=(0, 1, 2))(q, k, v)
