@@ -4,7 +4,8 @@ Implementations (all take [B, N, heads, d] inputs and an optional key mask, per 
 per equal segment of keys [B, S], e.g. one flag per stream):
 - "xla":      plain dot-product attention, softmax in float32. Default on CPU; O(N²) memory.
 - "chunked":  memory-efficient attention (online softmax over key chunks, scanned over query
-              chunks); activation memory grows linearly with sequence length.
+              chunks); activation memory grows linearly with sequence length beyond
+              MAX_UNROLLED_TILES tiles.
 - "cudnn":    jax.nn.dot_product_attention(implementation="cudnn") on GPUs.
 - "splash":   the Pallas TPU splash-attention kernel.
 The accelerator paths are import-guarded: asking for them where they cannot run raises a clear
@@ -23,9 +24,10 @@ _NEG_INF = -1e30
 # XLA:CPU runs a while loop's iterations one after another, slicing tiles in and out of loop
 # buffers; straight-line tiles drop those copies and overlap (small, 2 x 2 tiles: 9.2-9.6 vs
 # 10.5 s per step), and the kept probabilities spare the backward its score matmul and
-# exponential (small: 10.39 -> 10.15 s, steps alternated in one process). The price is memory: all tiles may be alive at once
-# (small's step temporaries 3.3 -> 5.5 GiB). Longer sequences keep the rolled loops and
-# recompute the probabilities, so the graph stays small and memory linear in length.
+# exponential (small: 10.39 -> 10.15 s, steps alternated in one process). The price is memory:
+# all tiles may be alive at once (small's step temporaries 3.3 -> 5.5 GiB). Longer sequences
+# keep the rolled loops and recompute the probabilities, so the graph stays small and memory
+# linear in length.
 MAX_UNROLLED_TILES = 16
 
 
@@ -92,9 +94,9 @@ def _tile_key_bias(key_mask, batch, num_k, key_chunk):
   chunk lies inside one mask segment, else [Nk / Ck, B, 1, 1, Ck] (padding keys are masked)."""
   if key_mask is None:
     key_mask = jnp.ones((batch, 1), bool)
-  segment = num_k // key_mask.shape[1]
-  if num_k % key_chunk == 0 and key_mask.shape[1] * segment == num_k and segment % key_chunk == 0:
-    per_chunk = jnp.repeat(key_mask, segment // key_chunk, axis=1)           # [B, Nk / Ck]
+  segments = key_mask.shape[1]
+  if num_k % segments == 0 and (num_k // segments) % key_chunk == 0:  # so Ck divides Nk too
+    per_chunk = jnp.repeat(key_mask, num_k // segments // key_chunk, axis=1)  # [B, Nk / Ck]
     return jnp.where(per_chunk, 0.0, _NEG_INF).astype(jnp.float32).T[:, :, None, None, None]
   per_key = _pad_to_multiple(expand_key_mask(key_mask, num_k), 1, key_chunk)
   bias = jnp.where(per_key, 0.0, _NEG_INF).astype(jnp.float32)
