@@ -25,6 +25,7 @@ import numpy as np
 from unity_jax import config as config_lib
 from unity_jax import constants
 from unity_jax import model as model_lib
+from unity_jax import xla_options
 from unity_jax.data import modality_render
 from unity_jax.data import prompts as prompts_lib
 from unity_jax.flow import samplers
@@ -335,7 +336,7 @@ class Pipeline:
       def counted(*args, key=key, sample=sample):
         self.trace_counts[key] = self.trace_counts.get(key, 0) + 1
         return sample(*args)
-      self._samplers[key] = jax.jit(counted)
+      self._samplers[key] = jax.jit(counted, compiler_options=xla_options.for_mesh(self.mesh))
     with jax.set_mesh(self.mesh):
       rgb, modality = self._samplers[key](
           self.params, mesh_lib.shard_batch(inputs, self.mesh),

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from unity_jax import xla_options
 from unity_jax.flow import batch as batch_lib
 from unity_jax.flow import objective as objective_lib
 from unity_jax.parallel import mesh as mesh_lib
@@ -140,10 +141,12 @@ def make_train_step(config, model, codec, optimizer, multipliers):
 
 
 def jit_train_step(train_step, state_shardings: TrainState, mesh):
-  """jax.jit with explicit shardings: state donated and kept in place, batch over data×fsdp."""
+  """jax.jit with explicit shardings: state donated and kept in place, batch over data×fsdp;
+  compiled with the mesh platform's xla_options."""
   replicated = NamedSharding(mesh, P())
   return jax.jit(train_step, in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+                 out_shardings=(state_shardings, replicated), donate_argnums=0,
+                 compiler_options=xla_options.for_mesh(mesh))
 
 
 def abstract_batch(batch_shapes: dict, mesh) -> dict:
