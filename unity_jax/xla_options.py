@@ -1,14 +1,14 @@
 """XLA compiler options for the jitted programs (train step, samplers), chosen per platform.
 
 On CPU, XLA 0.10 hands two kinds of work to the YNNPACK library by default
-(`xla_cpu_experimental_ynn_fusion_type` = {INDIVIDUAL_DOT, REDUCE}): every standalone dot and
-reductions. For our train steps Eigen runs the dots faster: attention contracts [Cq, d]
-against [Ck, d] tiles with d = 64 and transposed operands, where YNNPACK's packing costs more
-than it gains. Measured on a 2-core AVX2 EPYC, both versions of the same compiled `small` step
-alternated in one process (8 steps each): 10.17 -> 9.73 s median (CPU 19.84 -> 19.01 s); a
-second run 10.21 -> 8.95 s; tiny unchanged (0.89 s). Taking reductions out of YNNPACK too made
-small 2x slower; adding element-wise ops or dot fusions to it was slower. The options are passed per compile (`jax.jit(...,
-compiler_options=...)` / `Lowered.compile(...)`), so they never reach other backends.
+(`xla_cpu_experimental_ynn_fusion_type` = {INDIVIDUAL_DOT, REDUCE}): every standalone dot, and
+reductions with what fuses into them. Our train steps run faster with the dots in Eigen
+(measured, not derived; most of their dots are attention tiles with head dim 64). On a 2-core
+AVX2 EPYC, both compiles of the same `small` step alternated in one process: 10.17 -> 9.73 s
+median over 8 steps each (CPU 19.84 -> 19.01 s), 10.21 -> 8.95 s over 6 in another run; tiny
+unchanged (0.89 s). Taking reductions out of YNNPACK too made small 2x slower; adding
+element-wise ops or dot fusions to it was slower. The options are passed per compile
+(`jax.jit(..., compiler_options=...)`), so they never reach other backends.
 
 Set UNITY_JAX_CPU_DOTS=ynnpack to keep XLA's default; an
 `--xla_cpu_experimental_ynn_fusion_type` you put in XLA_FLAGS yourself is left to apply.
