@@ -1,5 +1,8 @@
 """UnityDiT forward behaviour: shapes, AdaLN-Zero init, variants, RGB-only, codec, tokenizer."""
 
+import math
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,7 @@ import pytest
 
 from unity_jax import config as config_lib
 from unity_jax import constants
-from unity_jax.model import build_model, dummy_inputs, init_params, text
+from unity_jax.model import build_model, dummy_inputs, init_params, latent_grid, text
 from unity_jax.model.codec import PixelCodec
 
 
@@ -135,6 +138,25 @@ def test_unscanned_layers_match_scanned():
   out = build_model(unrolled_cfg).apply({"params": unrolled}, **inputs)
   for a, b in zip(out, ref):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_rope_tables_are_program_constants(scan_layers):
+  """No sin / cos over the token grid in the compiled forward (scanned or not): XLA:CPU fuses
+  them into every consumer and evaluates them per batch element and head."""
+  config = _config(scan_layers=scan_layers)
+  params = init_params(config, jax.random.key(0))
+  inputs = _random_inputs(config, 2, [[0], [3]])
+  apply = lambda p, x: build_model(config).apply({"params": p}, **x)
+  text = jax.jit(apply).lower(params, inputs).compile().as_text()
+  sizes = [math.prod(int(d) for d in dims.split(",") if d)
+           for dims in re.findall(r"= f32\[([\d,]*)\][^=]* (?:sine|cosine)\(", text)]
+  f, h, w, _ = latent_grid(config)
+  pt, ph, pw = config.model.patch_size
+  joint_tokens = 2 * (f // pt) * (h // ph) * (w // pw)              # RGB + one modality stream
+  angles_size = joint_tokens * config.model.dim // config.model.num_heads // 2
+  assert sizes, "the timestep embedding's sinusoids should still be there"
+  assert max(sizes) < angles_size, (sizes, angles_size)
 
 
 def test_precomputed_text_embeddings():

@@ -10,8 +10,8 @@ from unity_jax.model import rope
 
 
 def _logits(q, k, positions_q, positions_k, head_dim):
-  qr = rope.apply_rope(q, rope.rope_angles(jnp.asarray(positions_q), head_dim))
-  kr = rope.apply_rope(k, rope.rope_angles(jnp.asarray(positions_k), head_dim))
+  qr = rope.apply_rope(q, rope.rope_tables(rope.rope_angles(jnp.asarray(positions_q), head_dim)))
+  kr = rope.apply_rope(k, rope.rope_tables(rope.rope_angles(jnp.asarray(positions_k), head_dim)))
   return jnp.einsum("bqhd,bkhd->bhqk", qr, kr)
 
 
@@ -53,7 +53,7 @@ def test_rgb_and_modality_tokens_get_distinct_positions():
 def test_rope_is_a_rotation():
   x = jax.random.normal(jax.random.key(0), (2, 10, 3, 12))
   angles = rope.rope_angles(jnp.asarray(rope.grid_positions(2, 1, 5, 1)), 12)
-  y = rope.apply_rope(x, angles)
+  y = rope.apply_rope(x, rope.rope_tables(angles))
   np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
 
 

@@ -220,14 +220,14 @@ class UnityDiT(nn.Module):
 
     # --- Positions, key mask, blocks.
     positions = rope_lib.grid_positions(*grid, groups)
-    angles = rope_lib.rope_angles(jnp.asarray(positions), self.dim // self.num_heads,
-                                  self.rope_theta)
+    rope_tables = rope_lib.rope_tables(      # numpy: constants of the program (see rope_tables)
+        rope_lib.rope_angles(positions, self.dim // self.num_heads, self.rope_theta))
     stream_valid = jnp.ones((batch, 1), bool)
     if num_streams:
       stream_valid = jnp.concatenate([stream_valid, modality_id >= 0], axis=1)
     x = x.reshape(batch, groups * tokens_per_stream, self.dim).astype(self.dtype)
     # One key-mask flag per stream: chunked attention masks whole key chunks with it.
-    x = self._blocks(groups)(x, modulation, context, context_mask, angles, stream_valid)
+    x = self._blocks(groups)(x, modulation, context, context_mask, rope_tables, stream_valid)
 
     # --- Heads.
     x = x.reshape(batch, groups, tokens_per_stream, self.dim)

@@ -77,9 +77,9 @@ class LayerNormAffine(nn.Module):
 class Attention(nn.Module):
   """Multi-head attention with RMS qk-norm; self-attention when `context` is None.
 
-  x: [B, N, D]; context: [B, L, D]; rope_angles: [N, head_dim // 2] (self-attention only);
-  key_mask: bool [B, N or L], or one flag per equal segment of keys ([B, S], see
-  `attention.expand_key_mask`). Returns [B, N, D].
+  x: [B, N, D]; context: [B, L, D]; rope_tables (self-attention only): (cos, signed_sin) from
+  `rope.rope_tables`, each [N, head_dim]; key_mask: bool [B, N or L], or one flag per equal
+  segment of keys ([B, S], see `attention.expand_key_mask`). Returns [B, N, D].
   """
   num_heads: int
   implementation: str = "xla"
@@ -89,7 +89,7 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, context=None, rope_angles=None, key_mask=None):
+  def __call__(self, x, context=None, rope_tables=None, key_mask=None):
     dim = x.shape[-1]
     head_dim = dim // self.num_heads
     kv_input = x if context is None else context
@@ -101,8 +101,8 @@ class Attention(nn.Module):
       k = RMSNorm("heads", param_dtype=self.param_dtype, name="norm_k")(k)
     split = lambda t: t.reshape(*t.shape[:2], self.num_heads, head_dim)
     q, k, v = split(q), split(k), split(v)
-    if rope_angles is not None:
-      q, k = rope_lib.apply_rope(q, rope_angles), rope_lib.apply_rope(k, rope_angles)
+    if rope_tables is not None:
+      q, k = rope_lib.apply_rope(q, rope_tables), rope_lib.apply_rope(k, rope_tables)
     q, k, v = (constrain(t, ACT_HEADS) for t in (q, k, v))
     out = attention_lib.attention(q, k, v, key_mask, implementation=self.implementation,
                                   query_chunk=self.chunk_size, key_chunk=self.chunk_size)
@@ -141,7 +141,7 @@ class DiTBlock(nn.Module):
 
   Inputs:
     x: [B, G·N, D] tokens (stream-major); modulation: [B, G, 6, D] from the shared time
-    projection; context: [B·G, L, D]; context_mask: bool [B·G, L]; rope_angles: [G·N, d/2];
+    projection; context: [B·G, L, D]; context_mask: bool [B·G, L]; rope_tables: 2 x [G·N, d];
     key_mask: bool [B, G], False for absent streams (or per token, [B, G·N]).
   """
   num_streams: int
@@ -154,7 +154,7 @@ class DiTBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, modulation, context, context_mask, rope_angles, key_mask):
+  def __call__(self, x, modulation, context, context_mask, rope_tables, key_mask):
     batch, length, dim = x.shape
     groups = self.num_streams
     table = self.param("modulation", nn.with_logical_partitioning(
@@ -169,7 +169,7 @@ class DiTBlock(nn.Module):
 
     x = constrain(x, ACT_TOKENS)
     h = flat(modulate(by_stream(layer_norm(x)), shift1, scale1))
-    h = Attention(name="self_attn", **attn_kwargs)(h, rope_angles=rope_angles, key_mask=key_mask)
+    h = Attention(name="self_attn", **attn_kwargs)(h, rope_tables=rope_tables, key_mask=key_mask)
     x = x + flat(by_stream(h) * gate1)
 
     h = LayerNormAffine(param_dtype=self.param_dtype, name="cross_norm")(x)
