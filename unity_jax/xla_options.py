@@ -3,7 +3,7 @@
 On CPU, XLA 0.10 hands two kinds of work to the YNNPACK library by default
 (`xla_cpu_experimental_ynn_fusion_type` = {INDIVIDUAL_DOT, REDUCE}): every standalone dot, and
 reductions with what fuses into them. Our train steps run faster with the dots in Eigen
-(measured, not derived; most of their dots are attention tiles with head dim 64). On a 2-core
+(measured, not derived; most of their dot FLOPs are attention tiles with head dim 64). On a 2-core
 AVX2 EPYC, both compiles of the same `small` step alternated in one process: 10.17 -> 9.73 s
 median over 8 steps each (CPU 19.84 -> 19.01 s), 10.21 -> 8.95 s over 6 in another run; tiny
 unchanged (0.89 s). Taking reductions out of YNNPACK too made small 2x slower; adding
