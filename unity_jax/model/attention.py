@@ -274,7 +274,8 @@ def _splash_attention(q, k, v, key_mask=None):
     raise NotImplementedError(
         "attention='splash' does not take key masks here; pad-free batches (all samples with a "
         "modality stream) are required, or use attention='xla'/'chunked'")
-  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
       splash_attention_kernel as splash, splash_attention_mask as masks)
   num_heads, seq_q, seq_k = q.shape[2], q.shape[1], k.shape[1]
   mask = masks.MultiHeadMask([masks.FullMask((seq_q, seq_k)) for _ in range(num_heads)])

@@ -118,7 +118,8 @@ class UnityDiT(nn.Module):
   text_heads: int = 4
   text_max_len: int = 64
   switcher: str = "adaptive"          # "adaptive" | "token_add" (release)
-  modality_embed: str = "shared"      # "shared" | "separate" (release: own patch embed + zero linear)
+  # "shared" | "separate" (release: own patch embed + zero linear)
+  modality_embed: str = "shared"
   head_mode: str = "per_modality"     # "per_modality" | "shared"
   prediction: str = "velocity"        # "velocity" | "data" (x-prediction): see data_to_velocity
   data_prediction_min_t: float = 0.05

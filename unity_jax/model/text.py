@@ -47,7 +47,8 @@ def detokenize(tokens: np.ndarray) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Encoder
 # ---------------------------------------------------------------------------------------------
-import flax.linen as nn  # noqa: E402  (kept below the tokenizer so data workers need not import flax)
+# Kept below the tokenizer so data workers need not import flax.
+import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from unity_jax.model import layers  # noqa: E402

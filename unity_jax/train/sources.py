@@ -1,8 +1,8 @@
 """Training batch sources: process-local pipeline batches for one curriculum stage.
 
 `train.data_source="auto"` (the default) picks OpenUniSource when `data.dir` is set and
-RandomSource otherwise. Two sources share one small interface (`next_batch(step)`, `checkpoint_args()`,
-`restore_args()`, `close()`):
+RandomSource otherwise. Two sources share one small interface (`next_batch(step)`,
+`checkpoint_args()`, `restore_args()`, `close()`):
 - RandomSource (train.data_source="random"): in-memory synthetic clips. Sample i of the global
   batch at `step` is drawn from seed (config.seed, stage, step, i), so the data needs no state
   beyond the step and a process's share is the same whatever the process count. Sources,
@@ -130,8 +130,9 @@ SOURCES = {"random": RandomSource, "openuni": OpenUniSource}
 
 def make_source(config, stage_index: int, *, process_index: int = 0, process_count: int = 1):
   """The source named by config.train.data_source for curriculum stage `stage_index`."""
-  return SOURCES[config_lib.resolved_data_source(config)](config, stage_index, process_index=process_index,
-                                           process_count=process_count)
+  source_cls = SOURCES[config_lib.resolved_data_source(config)]
+  return source_cls(config, stage_index, process_index=process_index,
+                    process_count=process_count)
 
 
 def with_debug_nan(config, batch: dict, step: int) -> dict:
