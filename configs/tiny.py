@@ -9,6 +9,11 @@ On the synthetic OpenUni data, then scored on UniBench-synth (what launch/quicks
   unity-eval --workdir runs/tiny --data data/synth
 Smoke (< 2 minutes, used by tests and CI; the base training recipe, see below):
   unity-train --config configs/tiny.py:smoke --workdir /tmp/tiny_smoke
+
+Task probabilities: tiny trains control 0.2, estimate 0.4, joint 0.4 (p_cond < p_est = p_joint)
+instead of the base 0.2 / 0.3 / 0.5 (the paper's strict p_cond < p_est < p_joint): its short
+run is scored on UniBench-synth estimation, which needed the larger estimation share. The smoke
+run keeps the base probabilities.
 """
 
 from unity_jax import config as config_lib
@@ -31,7 +36,7 @@ def get_config(arg=None):
   # The short-run recipe (tuned on UniBench-synth estimation after the quickstart's training):
   # - shift 3 moves training timesteps toward pure noise, where the modality must be read off
   #   the RGB stream rather than denoised from itself (estimation needs exactly that);
-  # - estimation gets 0.4 of the samples (paper order p_cond < p_est <= p_joint kept);
+  # - estimation gets 0.4 of the samples (p_cond < p_est = p_joint; see the docstring);
   # - a high lr with a longer warmup (loss 0.14 vs 0.21 after 300 steps at lr 1e-3);
   # - EMA over ~50 steps: 0.999 would still hold ~45% of the initial (zero-head) weights.
   # - x-prediction (model.prediction="data", see dit.data_to_velocity): the heads predict clean

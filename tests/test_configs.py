@@ -100,3 +100,16 @@ def test_missing_config_file_and_function():
     config_lib.load_config("configs/nope.py")
   with pytest.raises(config_lib.ConfigError, match="has no get_config"):
     config_lib.load_config(str(ROOT / "tests" / "conftest.py"))
+
+
+def test_base_task_probabilities_keep_the_paper_order():
+  # Paper §3.1: p_cond < p_est < p_joint. Presets built on base_config inherit it.
+  for config in (config_lib.base_config(), config_lib.load_config(str(ROOT / "configs/small.py")),
+                 config_lib.preset_config("unity_5b")):
+    for s in config.stages:
+      p = s.task_probs
+      assert p.control < p.estimate < p.joint, (s.name, dict(p))
+  tiny = config_lib.load_config(str(ROOT / "configs/tiny.py"))
+  probs = dict(tiny.stages[0].task_probs)
+  doc = (ROOT / "configs/tiny.py").read_text().split('"""')[1]
+  assert all(f"{name} {value}" in doc for name, value in probs.items()), probs
