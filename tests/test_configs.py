@@ -83,6 +83,72 @@ INVALID = [
     (_set("data.caption_len", 100), None, "must be <= model.text_max_len=64"),
     (_set("stages.0.steps", 0), None, "config.stages[0].steps=0: must be >= 1"),
     (_set("data.source_weights", (1, 1, 1)), None, "must be 4 non-negative weights"),
+    # Per-key domains: each used to pass validate() and fail later (or never). None stands for
+    # a wrong type: ConfigDict's type safety rejects other types at assignment already.
+    (_set("data.source_weights", (0, 0, 0, 0)), None, "config.data.source_weights=(0, 0, 0, 0): "
+     "at least one source weight must be > 0"),
+    (_set("model.patch_size", (1, 0, 2)), None, "config.model.patch_size=(1, 0, 2): must be 3 "
+     "integers >= 1"),
+    (_set("model.patch_size", (1, 2)), None, "config.model.patch_size=(1, 2): must be 3 "),
+    (_set("mesh.rules", "megatron"), None, "config.mesh.rules='megatron': must be one of "
+     "['fsdp_tp', 'replicated']"),
+    (_set("mesh.context", 0), None, "config.mesh.context=0: mesh axis sizes must be integers"),
+    (_set("model.num_layers", 0), None, "config.model.num_layers=0: must be an integer >= 1"),
+    (_set("model.attention_chunk", 0), None, "config.model.attention_chunk=0: must be an "
+     "integer >= 1"),
+    (_set("data.worker_count", -1), None, "config.data.worker_count=-1: must be an integer >= 0"),
+    (_set("data.prefetch_buffer", -2), None, "config.data.prefetch_buffer=-2: must be an "
+     "integer >= 0"),
+    (_set("model.dim", 0), None, "config.model.dim=0: must be an integer >= 1"),
+    (_set("model.num_heads", 0), None, "config.model.num_heads=0: must be an integer >= 1"),
+    (_set("model.ffn_dim", 0), None, "config.model.ffn_dim=0: must be an integer >= 1"),
+    (_set("model.freq_dim", 255), None, "config.model.freq_dim=255: must be an even integer"),
+    (_set("model.text_dim", 0), None, "config.model.text_dim=0: must be an integer >= 1"),
+    (_set("model.text_heads", 0), None, "config.model.text_heads=0: must be an integer >= 1"),
+    (_set("model.text_layers", -1), None, "config.model.text_layers=-1: must be an integer >= 0"),
+    (_set("model.text_max_len", 0), None, "config.model.text_max_len=0: must be an integer"),
+    (_set("model.rope_theta", 0.0), None, "config.model.rope_theta=0.0: must be a finite number "
+     "> 0"),
+    (_set("model.qk_norm", None), None, "config.model.qk_norm=None: must be True or False"),
+    (_set("model.scan_layers", None), None, "config.model.scan_layers=None: must be True"),
+    (_set("model.data_prediction_min_t", 0.0), None, "must lie in (0, 1]"),
+    (_set("model.num_modality_streams", 0), None, "config.model.num_modality_streams=0: must be "
+     ">= 1"),
+    (_set("codec.spatial_stride", 0), None, "config.codec.spatial_stride=0: must be an integer"),
+    (_set("codec.temporal_stride", 0), None, "config.codec.temporal_stride=0: must be an "
+     "integer"),
+    (_set("codec.latent_channels", 0), None, "config.codec.latent_channels=0: must be an "
+     "integer"),
+    (_set("codec.name", "vqgan"), None, "config.codec.name='vqgan': must be one of"),
+    (_set("data.dir", None), None, "config.data.dir=None: must be a path string"),
+    (_set("data.height", 0), None, "config.data.height=0: must be an integer >= 1"),
+    (_set("data.width", -16), None, "config.data.width=-16: must be an integer >= 1"),
+    (_set("data.num_frames", 0), None, "config.data.num_frames=0: must be an integer >= 1"),
+    (_set("data.caption_len", 0), None, "config.data.caption_len=0: must be an integer >= 1"),
+    (_set("data.prompt_len", 0), None, "config.data.prompt_len=0: must be an integer >= 1"),
+    (_set("data.skip_corrupt", None), None, "config.data.skip_corrupt=None: must be True"),
+    (_set("data.flip_augment", None), None, "config.data.flip_augment=None: must be True"),
+    (_set("data.no_modality", "skip"), None, "config.data.no_modality='skip': must be one of"),
+    (_set("objective.logit_std", 0.0), None, "config.objective.logit_std=0.0: must be a finite "
+     "number > 0"),
+    (_set("objective.logit_mean", float("nan")), None, "config.objective.logit_mean=nan: must be "
+     "a finite number"),
+    (_set("objective.shift", 0.0), None, "config.objective.shift=0.0: must be > 0"),
+    (_set("objective.estimate_shift", -1.0), None, "must be >= 0"),
+    (_set("objective.timestep_sampling", "beta"), None, "must be one of"),
+    (_set("objective.timesteps", "mixed"), None, "must be one of"),
+    (_set("seed", None), None, "config.seed=None: must be an integer"),
+    (_set("train.batch_size", 0), None, "config.train.batch_size=0: must be an integer >= 1"),
+    (_set("train.carry_optimizer_across_stages", None), None, "config.train."
+     "carry_optimizer_across_stages=None: must be True or False"),
+    (_set("train.log_every", 0), None, "config.train.log_every=0: must be >= 1"),
+    (_set("train.ema_decay", 1.0), None, "config.train.ema_decay=1.0: must lie in [0, 1)"),
+    (_set("train.lr", 0.0), None, "config.train.lr=0.0: must be > 0"),
+    (_set("train.nonfinite_policy", "ignore"), None, "must be one of ['stop', 'skip']"),
+    (_set("stages.0.name", ""), None, "config.stages[0].name='': must be a non-empty string"),
+    (_set("stages.1.max_person_count", None), None, "config.stages[1].max_person_count=None: "
+     "must "
+     "be an integer"),
 ]
 
 

@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from unity_jax import constants
+from unity_jax.parallel import rules as rules_lib
 
 ENUMS = {
     "model.text_encoder": ("builtin", "precomputed"),
@@ -197,8 +198,71 @@ def mesh_shape(config, num_devices: int) -> dict[str, int]:
   return sizes
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Domains of the plain keys (rules between keys live in validate()); "key": (check, rule).
+_AT_LEAST_1 = (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+_AT_LEAST_0 = (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
+_POSITIVE = (lambda v: _is_real(v) and v > 0, "must be a finite number > 0")
+_BOOL = (lambda v: isinstance(v, bool), "must be True or False")
+DOMAINS = {
+    "seed": (_is_int, "must be an integer"),
+    **{f"model.{k}": _AT_LEAST_1 for k in (
+        "dim", "num_layers", "num_heads", "ffn_dim", "text_dim", "text_heads", "text_max_len",
+        "attention_chunk")},
+    "model.text_layers": _AT_LEAST_0,
+    "model.freq_dim": (lambda v: _is_int(v) and v >= 2 and v % 2 == 0,
+                       "must be an even integer >= 2 (sin and cos halves)"),
+    "model.patch_size": (lambda v: isinstance(v, (tuple, list)) and len(v) == 3 and all(
+        _is_int(p) and p >= 1 for p in v), "must be 3 integers >= 1 (frames, height, width)"),
+    "model.rope_theta": _POSITIVE,
+    "model.qk_norm": _BOOL,
+    "model.scan_layers": _BOOL,
+    "codec.spatial_stride": _AT_LEAST_1,
+    "codec.temporal_stride": _AT_LEAST_1,
+    "codec.latent_channels": _AT_LEAST_1,
+    "data.dir": (lambda v: isinstance(v, str), "must be a path string ('' = no data directory)"),
+    **{f"data.{k}": _AT_LEAST_1 for k in ("num_frames", "height", "width", "caption_len",
+                                          "prompt_len")},
+    "data.worker_count": (_AT_LEAST_0[0], "must be an integer >= 0 (0 = decode in-process)"),
+    "data.prefetch_buffer": _AT_LEAST_0,
+    "data.skip_corrupt": _BOOL,
+    "data.flip_augment": _BOOL,
+    "objective.logit_mean": (_is_real, "must be a finite number"),
+    "objective.logit_std": _POSITIVE,
+    **{f"mesh.{a}": (lambda v: _is_int(v) and (v >= 1 or v == -1),
+                     "mesh axis sizes must be integers >= 1 (or -1 for the rest)")
+       for a in MESH_AXES},
+    "train.batch_size": _AT_LEAST_1,
+    "train.carry_optimizer_across_stages": _BOOL,
+}
+
+
+def _validate_domains(config) -> None:
+  """Per-key domains, checked first so the cross-key rules never divide by zero."""
+  for key, (check, rule) in DOMAINS.items():
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    if not check(node):
+      _fail(key, tuple(node) if isinstance(node, list) else node, rule)
+  if config.mesh.rules not in rules_lib.RULES:
+    _fail("mesh.rules", config.mesh.rules, f"must be one of {list(rules_lib.RULES)} "
+          "(unity_jax/parallel/rules.py)")
+  weights = tuple(config.data.source_weights)
+  if weights and all(_is_real(w) for w in weights) and not any(w > 0 for w in weights):
+    _fail("data.source_weights", weights, "at least one source weight must be > 0")
+
+
 def validate(config, num_devices: int | None = None) -> None:
   """Checks every rule that would otherwise fail late (or silently) inside jit."""
+  _validate_domains(config)
   for key, choices in ENUMS.items():
     group, name = key.split(".")
     value = config[group][name]
@@ -272,8 +336,13 @@ def validate(config, num_devices: int | None = None) -> None:
 
 
 def _validate_stage(key, s, batch_size):
-  if s.steps < 1:
+  if not isinstance(s.name, str) or not s.name:
+    _fail(f"{key}.name", s.name, "must be a non-empty string (it names the stage in logs)")
+  if not _is_int(s.steps) or s.steps < 1:
     _fail(f"{key}.steps", s.steps, "must be >= 1")
+  if not _is_int(s.max_person_count):
+    _fail(f"{key}.max_person_count", s.max_person_count, "must be an integer (negative = no "
+          "limit)")
   for source in s.sources:
     if source not in constants.SOURCES:
       _fail(f"{key}.sources", tuple(s.sources), f"unknown source {source!r}; expected a subset "
