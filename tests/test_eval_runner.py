@@ -244,7 +244,7 @@ def test_plots_series_ticks_and_pngs(tmp_path):
   assert ticks[0] <= 0.61 and ticks[-1] >= 1.72 and ticks == [0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8]
   written = plots.write_loss_curves(str(path), str(tmp_path / "curves"))
   assert {w["name"] for w in written} == {"loss_total", "loss_modalities"} | {
-      f"loss_task_{t}" for t in constants.TASKS}
+      f"loss_task_{t}" for t in constants.LOSS_TASKS}
   for w in written:
     image = iio.imread(w["path"])
     assert image.shape == (360, 640, 3) and image.std() > 0

@@ -118,7 +118,9 @@ def test_per_task_and_per_modality_metrics():
   assert float(loss) == pytest.approx(np.mean(per_sample), rel=1e-5)
   assert float(summary["loss"]) == pytest.approx(np.mean(per_sample), rel=1e-5)
   assert float(summary["loss/task/control"]) == pytest.approx(per_sample[0], rel=1e-5)
-  assert float(summary["loss/task/joint"]) == pytest.approx(np.mean(per_sample[2:]), rel=1e-5)
+  # Sample 3 is RGB-only: text-to-video, not joint (its routing task id).
+  assert float(summary["loss/task/joint"]) == pytest.approx(per_sample[2], rel=1e-5)
+  assert float(summary["loss/task/t2v"]) == pytest.approx(per_sample[3], rel=1e-5)
   assert float(summary["loss/modality/flow"]) == pytest.approx(np.mean(mod[1:3]), rel=1e-5)
   assert float(summary["count/modality/depth"]) == 0.0  # Control: depth stream unsupervised.
   assert float(summary["loss/rgb"]) == pytest.approx(np.mean([rgb[0], rgb[2], rgb[3]]), rel=1e-5)
@@ -138,3 +140,21 @@ def test_estimate_shift_moves_only_estimation_timesteps_toward_noise():
                              schedules.shift_timesteps(t_plain[is_estimate], 10.0), rtol=1e-5)
   np.testing.assert_array_equal(t_shifted[~is_estimate], t_plain[~is_estimate])
   np.testing.assert_array_equal(shifted["t_rgb"], plain["t_rgb"])
+
+
+def test_rgb_only_samples_have_their_own_t2v_label():
+  # The pipeline routes RGB-only samples as control (sampling.RGB_ONLY_TASK); their loss must
+  # not be counted as control, which is conditional generation from a clean modality.
+  batch, config = _latent_batch([CONTROL, CONTROL, CONTROL], [0, -1, -1])
+  inputs, targets, weights = objective.make_noisy_inputs(jax.random.key(3), batch,
+                                                         config.objective)
+  predictions = {k: jnp.zeros_like(v) for k, v in targets.items()}
+  _, metrics = objective.flow_loss(predictions, targets, weights, batch)
+  summary = objective.summarize(metrics)
+  rgb = [float(jnp.square(targets["rgb"][i]).mean()) for i in range(3)]
+  assert float(summary["count/task/control"]) == 1.0
+  assert float(summary["loss/task/control"]) == pytest.approx(rgb[0], rel=1e-5)
+  assert float(summary["count/task/t2v"]) == 2.0
+  assert float(summary["loss/task/t2v"]) == pytest.approx(np.mean(rgb[1:]), rel=1e-5)
+  assert set(constants.LOSS_TASKS) == {k[len("count/task/"):] for k in summary
+                                       if k.startswith("count/task/")}

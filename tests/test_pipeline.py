@@ -308,12 +308,13 @@ def test_plan_validation_errors():
 
 def test_batch_counts_names_everything():
   batch = {"source_id": np.array([0, 1, 1]), "modality_id": np.array([-1, 0, 4]),
-           "task_id": np.array([2, 2, 0])}
+           "task_id": np.array([0, 2, 1])}
   counts = pipeline.batch_counts(batch)
   assert counts["source"] == {"single_person": 1, "two_person": 2, "general": 0,
                               "subject_centric": 0}
   assert counts["modality"]["none"] == 1 and counts["modality"]["densepose"] == 1
-  assert counts["task"] == {"control": 1, "estimate": 0, "joint": 2}
+  # The RGB-only sample is text-to-video whatever its routing task id.
+  assert counts["task"] == {"control": 0, "estimate": 1, "joint": 1, "t2v": 1}
 
 
 # OpenUni directories (reader.py) ----------------------------------------------------------------

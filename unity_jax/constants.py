@@ -21,6 +21,15 @@ estimate: RGB clean (t_r = 0), modality noised, loss on modality tokens.
 joint:    both noised, loss on both.
 """
 
+T2V = "t2v"
+"""Loss label of RGB-only samples (no modality stream): plain text-to-video generation. Not a
+task id: such samples are routed as "control" (RGB noised, loss on RGB tokens), but they have no
+condition, so their loss is reported as `loss/task/t2v`, never under `loss/task/control`."""
+
+LOSS_TASKS = (*TASKS, T2V)
+"""Per-task loss labels (`loss/task/<name>`, `count/task/<name>`): TASKS on samples with a
+modality stream, then T2V on RGB-only samples."""
+
 NO_MODALITY = -1
 
 

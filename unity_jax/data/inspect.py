@@ -32,7 +32,7 @@ def _flat_names() -> list[tuple[str, str]]:
   """(group, name) columns of the table, in a stable order."""
   return ([("source", s) for s in constants.SOURCES]
           + [("modality", m) for m in (*constants.MODALITIES, "none")]
-          + [("task", t) for t in constants.TASKS])
+          + [("task", t) for t in constants.LOSS_TASKS])
 
 
 def format_table_header() -> str:
@@ -86,7 +86,8 @@ def contact_sheet(batch: Mapping[str, np.ndarray], *, rows: int = SHEET_ROWS,
     modality = int(batch["modality_id"][row])
     label = " | ".join((constants.SOURCES[int(batch["source_id"][row])],
                         constants.MODALITIES[modality] if modality >= 0 else "none (RGB only)",
-                        constants.TASKS[int(batch["task_id"][row])]))
+                        constants.TASKS[int(batch["task_id"][row])] if modality >= 0
+                        else constants.T2V))
     draw.text((2, top + 1), label, fill=(255, 255, 255))
     for column, frame in enumerate(picks):
       for stream, key in enumerate(("rgb", "modality_video")):

@@ -238,13 +238,19 @@ def make_train_iterator(config: Any, stage_index: int, *, process_index: int = 0
 
 
 def batch_counts(batch: Mapping[str, np.ndarray]) -> dict[str, dict[str, int]]:
-  """Per-batch counts by source, modality ("none" for -1) and task names (for inspect/logs)."""
+  """Per-batch counts by source, modality ("none" for -1) and task names (for inspect/logs).
+
+  Tasks are constants.LOSS_TASKS, as in the training metrics: RGB-only samples count as "t2v"
+  whatever their routing task id.
+  """
   modality_names = (*constants.MODALITIES, "none")
   modality_ids = np.where(batch["modality_id"] < 0, len(constants.MODALITIES),
                           batch["modality_id"])
+  task_ids = np.where(batch["modality_id"] < 0, constants.LOSS_TASKS.index(constants.T2V),
+                      batch["task_id"])
   def count(ids, names):
     values = np.bincount(np.asarray(ids), minlength=len(names))
     return {name: int(v) for name, v in zip(names, values)}
   return {"source": count(batch["source_id"], constants.SOURCES),
           "modality": count(modality_ids, modality_names),
-          "task": count(batch["task_id"], constants.TASKS)}
+          "task": count(task_ids, constants.LOSS_TASKS)}

@@ -22,7 +22,8 @@ drop:     it is removed by the curriculum filter before shuffling.
 """
 
 RGB_ONLY_TASK = "control"
-"""Task of RGB-only samples: RGB noised, loss on RGB tokens only (the T2V baseline)."""
+"""Task id routing RGB-only samples: RGB noised, loss on RGB tokens only (the T2V baseline).
+Their losses and counts are labelled constants.T2V ("t2v"), not control."""
 
 
 @dataclasses.dataclass(frozen=True)

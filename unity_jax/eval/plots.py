@@ -4,7 +4,8 @@
   # [{"name": "loss_task_control", "title": ..., "path": "report_files/loss_task_control.png"}]
 
 metrics.jsonl (train/monitor.py) holds one record per log interval with "step", "stage",
-"loss", "loss/rgb", "loss/task/<task>", "loss/modality/<m>" and matching "count/..." keys (how
+"loss", "loss/rgb", "loss/task/<task>" (constants.LOSS_TASKS: control, estimate, joint and t2v
+for RGB-only samples), "loss/modality/<m>" and matching "count/..." keys (how
 many samples of the interval had that task or modality). A point whose count is 0 is left out:
 its loss is a placeholder 0, not a measurement (e.g. skeleton in curriculum stage 1).
 """
@@ -140,13 +141,14 @@ def line_plot(lines: list[tuple[str, list, list, tuple]], *, title: str, xlabel:
 
 
 def loss_figures(records: list[dict]) -> list[dict]:
-  """Figure specs: total loss, one per task (control, estimate, joint), one per modality set."""
+  """Figure specs: total loss, one per task (control, estimate, joint, t2v), one per modality
+  set."""
   markers = stage_starts(records)
   total = series(records, "loss")
   figures = [dict(name="loss_total", title="Training loss (all tasks)",
                   lines=[("total", *total, PALETTE[0]),
                          ("rgb tokens", *series(records, "loss/rgb", "count/rgb"), PALETTE[1])])]
-  for i, task in enumerate(constants.TASKS):
+  for i, task in enumerate(constants.LOSS_TASKS):
     figures.append(dict(
         name=f"loss_task_{task}", title=f"Loss of the {task} task",
         lines=[(task, *series(records, f"loss/task/{task}", f"count/task/{task}"),

@@ -4,7 +4,8 @@ Per sample one task is drawn (paper §3.1, "dynamic noising"):
   control  (id 0): modality clean (t_m = 0), RGB noised, loss on RGB tokens only;
   estimate (id 1): RGB clean (t_r = 0), modality noised, loss on modality tokens only;
   joint    (id 2): both noised (independent t per stream, or one shared t), loss on both.
-Samples without a modality stream (modality_id = -1) train RGB generation (the T2V baseline).
+Samples without a modality stream (modality_id = -1) train RGB generation (the T2V baseline)
+whatever their task id; their loss is reported as `loss/task/t2v` (constants.T2V).
 Rectified flow: x_t = (1 − t)·x_0 + t·ε, target v = ε − x_0, loss ‖u_θ(x_t) − v‖².
 """
 
@@ -111,10 +112,16 @@ def flow_loss(predictions: dict, targets: dict, weights: dict, batch: dict):
 
   metrics = {"sum/loss": per_sample.sum(), "count/loss": jnp.float32(per_sample.shape[0]),
              "sum/rgb": (w_rgb * rgb_mse).sum(), "count/rgb": w_rgb.sum()}
+  # RGB-only samples carry a task id (the pipeline routes them as control) but no condition:
+  # they are text-to-video, so they get their own label instead of diluting control's loss.
+  has_modality = (batch["modality_id"] >= 0).any(axis=1)               # [B]
   for task_index, task in enumerate(constants.TASKS):
-    in_task = (batch["task_id"] == task_index).astype(jnp.float32)
+    in_task = ((batch["task_id"] == task_index) & has_modality).astype(jnp.float32)
     metrics[f"sum/task/{task}"] = (in_task * per_sample).sum()
     metrics[f"count/task/{task}"] = in_task.sum()
+  is_t2v = (~has_modality).astype(jnp.float32)
+  metrics[f"sum/task/{constants.T2V}"] = (is_t2v * per_sample).sum()
+  metrics[f"count/task/{constants.T2V}"] = is_t2v.sum()
   for modality_index, modality in enumerate(constants.MODALITIES):
     is_modality = (batch["modality_id"] == modality_index).astype(jnp.float32) * w_mod
     metrics[f"sum/modality/{modality}"] = (is_modality * mod_mse).sum()
