@@ -28,6 +28,7 @@ from array_record.python import array_record_module
 from unity_jax import constants
 from unity_jax.data import record as record_lib
 from unity_jax.data import schema
+from unity_jax.io_utils import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.json"
 STAGING_DIR = ".staging"
@@ -40,16 +41,6 @@ LAYOUT = {"shard_layout": "{split}/{source}-{i:05d}-of-{n:05d}.array_record",
 def shard_name(source: str, index: int, count: int) -> str:
   """The final file name of shard `index` of `count` for one source."""
   return f"{source}-{index:05d}-of-{count:05d}.array_record"
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via temp file, fsync, rename: readers see old or new, never half."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def atomic_write_json(path: str, value: Any) -> None:

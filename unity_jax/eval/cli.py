@@ -19,6 +19,7 @@ import time
 
 from unity_jax import constants
 from unity_jax import host_allocator
+from unity_jax import io_utils
 
 DEFAULT_OUT = os.path.join("eval", "unibench_synth.json")
 """--out default, relative to the workdir."""
@@ -106,9 +107,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   out = args.out or os.path.join(args.workdir, DEFAULT_OUT)
   if args.samples:
     summary["samples"] = html_report.write_samples(result.samples, args.samples)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=1)
+  io_utils.atomic_write_json(out, summary)   # a crash keeps the previous eval JSON whole
   print(report.format_markdown_table(summary["results"]))
   for name, check in summary["headline"].items():
     print(f"{name}: model {check['model']:.4f} vs baseline {check['baseline']:.4f} "

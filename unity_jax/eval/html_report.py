@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from unity_jax import io_utils
 from unity_jax.eval import plots
 from unity_jax.eval import report
 from unity_jax.sample import video_io
@@ -215,8 +216,7 @@ red: a baseline beats it. <code>real_video</code> is the flickering of the real 
   page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
           f"<title>unity_jax report</title><style>{_CSS}</style></head>\n<body>\n{body}"
           f"<script>{_SCRIPT}</script>\n</body></html>\n")
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(page)
+  io_utils.atomic_write_text(path, page)
   return path
 
 

@@ -17,6 +17,7 @@ import os
 from PIL import Image, ImageDraw, ImageFont
 
 from unity_jax import constants
+from unity_jax import io_utils
 
 PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194))
@@ -169,6 +170,8 @@ def write_loss_curves(metrics_path: str, out_dir: str) -> list[dict]:
   written = []
   for figure in loss_figures(records):
     path = os.path.join(out_dir, figure["name"] + ".png")
-    line_plot(figure["lines"], title=figure["title"], markers=figure["markers"]).save(path)
+    image = line_plot(figure["lines"], title=figure["title"], markers=figure["markers"])
+    with io_utils.atomic_path(path) as tmp:
+      image.save(tmp, format="PNG")
     written.append(dict(name=figure["name"], title=figure["title"], path=path))
   return written

@@ -20,6 +20,7 @@ import numpy as np
 
 from unity_jax import constants
 from unity_jax import host_allocator
+from unity_jax import io_utils
 
 CLI_TASKS = ("joint", "control", "estimate")
 
@@ -107,7 +108,8 @@ def run(args) -> list[str]:
                                           fps=args.fps))
     if out.values is not None:
       path = os.path.splitext(args.out)[0] + ".values.npz"
-      np.savez_compressed(path, **values_to_arrays(out.modality_name, out.values))
+      with io_utils.atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **values_to_arrays(out.modality_name, out.values))
       written.append(path)
   print(f"unity-sample: {args.task}"
         f"{' ' + args.modality if args.modality else ''} from {args.workdir} (step {pipe.step}, "

@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 
+from unity_jax import io_utils
+
 VIDEO_SUFFIXES = (".mp4", ".gif", ".npy", ".png")
 
 
@@ -69,20 +71,22 @@ def write_video(path: str, video, fps: int = 8) -> str:
   """Writes uint8 [T, H, W, 3] to `path` (type from the suffix, see the module docstring)."""
   video = as_video(video, path)
   suffix = _suffix(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  if suffix == ".npy":
-    np.save(path, video)
-    return path
-  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-  if suffix == ".png":
-    iio.imwrite(path, frame_sheet(video))
-  elif suffix == ".gif":
-    iio.imwrite(path, video, duration=1000 / fps, loop=0)
-  else:
-    pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
-    video = np.pad(video, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)])
-    with _ffmpeg_subprocess():
-      iio.imwrite(path, video, fps=fps, codec="libx264", macro_block_size=1)
+  # Encoded into a temp file with the same suffix (formats are chosen by it), then renamed: a
+  # failed encode (or a kill) leaves the previous video, not a truncated one.
+  with io_utils.atomic_path(path) as tmp:
+    if suffix == ".npy":
+      np.save(tmp, video)
+      return path
+    import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+    if suffix == ".png":
+      iio.imwrite(tmp, frame_sheet(video))
+    elif suffix == ".gif":
+      iio.imwrite(tmp, video, duration=1000 / fps, loop=0)
+    else:
+      pad_h, pad_w = video.shape[1] % 2, video.shape[2] % 2
+      video = np.pad(video, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)])
+      with _ffmpeg_subprocess():
+        iio.imwrite(tmp, video, fps=fps, codec="libx264", macro_block_size=1)
   return path
 
 
@@ -125,8 +129,8 @@ def write_grid(path: str, panels, *, labels=None, scale: int = 1, gap: int = 2,
   sheet = frame_sheet(side_by_side(panels, scale=scale, gap=gap), gap)
   widths = [p.shape[2] * scale for p in panels]
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  iio.imwrite(path, np.concatenate([_label_strip(labels, widths, gap), sheet], axis=0))
+  with io_utils.atomic_path(path) as tmp:
+    iio.imwrite(tmp, np.concatenate([_label_strip(labels, widths, gap), sheet], axis=0))
   return path
 
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from unity_jax import io_utils
 from unity_jax.train import optim
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -61,15 +62,16 @@ def export_safetensors(host_tree: dict[str, np.ndarray], out_dir: str, *, kind: 
   for i, group in enumerate(groups):
     file_name = (f"{kind}.safetensors" if len(groups) == 1 else
                  f"{kind}-{i + 1:05d}-of-{len(groups):05d}.safetensors")
-    save_file(group, os.path.join(out_dir, file_name), metadata={"format": "unity_jax"})
+    with io_utils.atomic_path(os.path.join(out_dir, file_name)) as tmp:
+      save_file(group, tmp, metadata={"format": "unity_jax"})
     for name, array in group.items():
       weight_map[name] = file_name
       tensors[name] = {"shape": list(array.shape), "dtype": str(array.dtype), "file": file_name}
   index = {"format": "unity_jax", "kind": kind, "step": step,
            "sha256": fingerprint(host_tree), "weight_map": weight_map, "tensors": tensors}
   index_path = os.path.join(out_dir, kind + INDEX_SUFFIX)
-  with open(index_path, "w") as f:
-    json.dump(index, f, indent=1)
+  # Written last: an index names only complete tensor files (each renamed into place whole).
+  io_utils.atomic_write_json(index_path, index)
   return index_path
 
 

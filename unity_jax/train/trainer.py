@@ -22,6 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from unity_jax import config as config_lib
+from unity_jax import io_utils
 from unity_jax import model as model_lib
 from unity_jax.model import codec as codec_lib
 from unity_jax.parallel import mesh as mesh_lib
@@ -137,9 +138,7 @@ class Trainer:
       if changed:
         self.monitor.info(f"note: config differs from the previous run in {self.workdir}: "
                           f"{changed}")
-    with open(path + ".tmp", "w") as f:
-      json.dump(new, f, indent=1)
-    os.replace(path + ".tmp", path)
+    io_utils.atomic_write_json(path, new)
 
   def _make_source(self, stage: int):
     return sources.make_source(self.config, stage, process_index=self.process_index,
@@ -281,9 +280,7 @@ class Trainer:
             ema if kind == "ema" else params, os.path.join(self.workdir, "export"), kind=kind,
             step=step)
       path = os.path.join(self.workdir, "summary.json")
-      with open(path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=1)
-      os.replace(path + ".tmp", path)
+      io_utils.atomic_write_json(path, summary)
       self.monitor.info(f"done: step {step}, stage {stage}; params_sha256 "
                         f"{summary['params_sha256'][:16]}…, ema_sha256 "
                         f"{summary['ema_sha256'][:16]}… ({path})")
