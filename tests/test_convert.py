@@ -173,3 +173,13 @@ def test_module_entry_point_runs_in_a_subprocess(dataset, tmp_path):
   assert json.loads(result.stdout.splitlines()[0])["written"] == 1
   assert OpenUniReader(str(tmp_path / "o")).source("train", "general")[0]["rgb"].shape == (
       5, 8, 8, 3)
+
+
+def test_config_sets_the_geometry(dataset, tmp_path, capsys):
+  tiny = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "tiny.py")
+  manifest = _write_csv(dataset / "manifest.csv", [_row("a")])
+  out = tmp_path / "openuni"
+  assert cli.main(["convert", "--config", tiny + ":smoke", "--manifest", manifest,
+                   "--out", str(out)]) == 0
+  assert json.loads(capsys.readouterr().out.splitlines()[0])["written"] == 1
+  assert OpenUniReader(str(out)).source("train", "general")[0]["rgb"].shape == (5, 16, 16, 3)

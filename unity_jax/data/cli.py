@@ -1,9 +1,12 @@
 """`unity-data`: make and look at OpenUni data (also `python -m unity_jax.data.cli`).
 
-  unity-data synth   --out DIR [--clips N] [--seed S] [--split train|eval] [--frames T]
-                     [--size H W | --height H --width W] [--workers W] [--with-gt]
-  unity-data convert --manifest FILE --out DIR [--frames T] [--size H W] [--skip-bad]
-                     [--source S] [--split train|eval] [--workers W]
+  unity-data synth   --out DIR [--clips N] [--seed S] [--split train|eval] [--config CFG]
+                     [--frames T] [--size H W | --height H --width W] [--workers W] [--with-gt]
+  unity-data convert --manifest FILE --out DIR [--config CFG] [--frames T] [--size H W]
+                     [--skip-bad] [--source S] [--split train|eval] [--workers W]
+
+--config configs/NAME.py[:ARGS] takes frames, height and width from that config's config.data
+(explicit --frames/--size must agree with it), so inspect and training with it read the data.
   unity-data inspect --data DIR --config CFG [--batches K] [--json]
   unity-data export-tfds --data DIR --out TFDS_DIR [--config clips|clips_with_gt]
 

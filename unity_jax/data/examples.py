@@ -93,13 +93,24 @@ def _describe(records: Any, source: str, record_index: int) -> str:
   return f"source {source!r} record {record_index}"
 
 
+def geometry_fix_hint(expected: tuple[int, ...], data_dir: str = "DIR",
+                      config_spec: str | None = None) -> str:
+  """How to fix clips whose shape differs from `expected` = (T, H, W, ...) of the config."""
+  frames, height, width = expected[:3]
+  spec = config_spec or "configs/NAME.py"
+  return (f"re-run `unity-data synth --config {spec} --out {data_dir}` (same as --frames "
+          f"{frames} --size {height} {width}; `unity-data convert --config {spec}` for real "
+          f"videos) to write data of the config's geometry, or set config.data.num_frames, "
+          f"height and width to the data's")
+
+
 def _check_video(video: Any, expected: tuple[int, ...], where: str, field: str) -> np.ndarray:
   video = np.asarray(video)
   if video.shape != expected or video.dtype != np.uint8:
     raise ValueError(
         f"{where}: {field} is {video.dtype} {list(video.shape)}, but the config expects uint8 "
-        f"{list(expected)} (config.data.num_frames, height, width); re-generate the data or "
-        f"fix the config")
+        f"{list(expected)} (config.data.num_frames, height, width); "
+        + geometry_fix_hint(expected))
   return video
 
 

@@ -140,6 +140,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     print(f"stage {args.stage} {plan.name!r}, split {args.split!r}: batch "
           f"{config.train.batch_size} = " + " + ".join(f"{n} {s}" for s, n in counts.items()),
           file=out)
+  from unity_jax.data import reader as reader_lib  # pylint: disable=g-import-not-at-top
+  data = reader_lib.OpenUniReader(args.data)
+  if args.split in data.splits:  # (A missing split is reported by make_train_iterator.)
+    pipeline.check_geometry(data, config, args.split, config_spec=args.config)
   iterator = pipeline.make_train_iterator(config, args.stage, split=args.split)
   first_batch = []
 

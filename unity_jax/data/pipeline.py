@@ -207,19 +207,42 @@ def make_iterator(batches: grain.MapDataset, *, worker_count: int = 0,
   return BatchIterator(batches, worker_count=worker_count, prefetch_buffer=prefetch_buffer)
 
 
+def check_geometry(reader: Any, config: Any, split: str = "train",
+                   config_spec: str | None = None) -> None:
+  """Raises ValueError, saying which command fixes it, when the split's clips (manifest array
+  shapes) are not config.data's num_frames x height x width.
+
+  Checked before any record is decoded, so a mismatch fails at once instead of in a worker.
+  `config_spec` ("configs/NAME.py[:ARGS]") names the config in the suggested command.
+  """
+  expected = examples.options_from_config(config).video_shape
+  shapes = reader.split_entry(split).get("arrays", {}).get("rgb", {}).get("shapes", {})
+  wrong = sorted(s for s in shapes if s != "x".join(map(str, expected)))
+  if wrong:
+    have = ", ".join(f"{shapes[s]} clips of {s}" for s in wrong)
+    raise ValueError(
+        f"the OpenUni data at {config.data.dir!r} (split {split!r}) holds {have} (frames x "
+        f"height x width x 3), but the config expects {'x'.join(map(str, expected))} "
+        f"(config.data.num_frames, height, width): "
+        + examples.geometry_fix_hint(expected, config.data.dir or "DIR", config_spec))
+
+
 def pipeline_from_reader(reader: Any, config: Any, stage_index: int, *, process_index: int = 0,
                          process_count: int = 1, split: str = "train") -> grain.MapDataset:
   """build_batch_dataset over an `OpenUniReader`'s split, configured by `config`."""
   if split not in reader.splits:
     raise ValueError(f"split {split!r} not in the OpenUni data at {config.data.dir!r}; it has "
                      f"{list(reader.splits)}")
+  check_geometry(reader, config, split)
   plan = sampling.plan_from_config(config, stage_index)
   rows = sampling.rows_by_source(reader.index(split))
   sources = {source: reader.source(split, source, decode=False) for source in plan.sources}
   return build_batch_dataset(
       sources, rows, plan=plan, options=examples.options_from_config(config),
       global_batch=int(config.train.batch_size), seed=int(config.seed), stage_index=stage_index,
-      process_index=process_index, process_count=process_count)
+      process_index=process_index, process_count=process_count,
+      # Bound by the manifest's declared shapes: a lying record cannot inflate past them.
+      decode_fn=reader.decode_fn(split, examples.TRAINING_SKIP))
 
 
 def make_train_iterator(config: Any, stage_index: int, *, process_index: int = 0,

@@ -6,6 +6,10 @@ Clip i gets source SOURCES[i % 4] (so sources are equal) and the per-source scen
 eval scenes never repeat training scenes. Workers generate and encode;
 the main process only appends record bytes. A run that dies is resumed by running the same
 command again: clips already in complete staged shards are not generated again.
+
+`--config configs/NAME.py[:ARGS]` takes the clip geometry (frames, height, width) from that
+config's config.data, so `unity-data inspect` and training with the same config read the data;
+without it the geometry is --frames/--size (default 17 frames of 64x64).
 """
 
 import argparse
@@ -21,26 +25,59 @@ from unity_jax.data import workers as workers_lib
 from unity_jax.data import writer as writer_lib
 
 
+DEFAULT_FRAMES = 17
+
+
 def add_video_shape_arguments(parser: argparse.ArgumentParser, default_size: int) -> None:
-  """--frames, --size H W, --height, --width (shared by synth and convert)."""
-  parser.add_argument("--frames", type=int, default=17,
-                      help="frames per clip, 4k+1 (the video VAE's temporal stride is 4)")
+  """--config, --frames, --size H W, --height, --width (shared by synth and convert)."""
+  parser.add_argument("--config", metavar="configs/NAME.py[:ARGS]",
+                      help="take frames, height and width from this config's config.data, so "
+                      "the data fits the run that reads it; --frames/--size may repeat them "
+                      "but not contradict them")
+  parser.add_argument("--frames", type=int, default=None,
+                      help=f"frames per clip, 4k+1 (the video VAE's temporal stride is 4; "
+                      f"default {DEFAULT_FRAMES})")
   parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                       help=f"frame height and width (default {default_size} {default_size})")
   parser.add_argument("--height", type=int, help="frame height (alternative to --size)")
   parser.add_argument("--width", type=int, help="frame width (alternative to --size)")
 
 
+def load_data_config(args: argparse.Namespace) -> Any:
+  """config.data of --config (None without it); raises ValueError for a bad config."""
+  if not getattr(args, "config", None):
+    return None
+  from unity_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_config(args.config).data
+
+
 def video_shape(args: argparse.Namespace, default_size: int) -> tuple[int, int, int]:
-  """Returns (T, H, W) from parsed arguments, or raises ValueError saying what is wrong."""
+  """Returns (T, H, W) from parsed arguments, or raises ValueError saying what is wrong.
+
+  With --config the geometry is the config's config.data (num_frames, height, width); explicit
+  --frames/--size/--height/--width must then agree with it (a contradiction is an error rather
+  than a silent override, since data of another geometry cannot be read with that config).
+  """
   if args.size and (args.height or args.width):
     raise ValueError("give either --size H W or --height/--width, not both")
-  height, width = args.size or (args.height or default_size, args.width or default_size)
-  if args.frames < 1 or (args.frames - 1) % 4:
-    raise ValueError(f"--frames must be 4k+1 (1, 5, 9, 13, 17, ...), got {args.frames}")
+  given = (args.frames, *(args.size or (args.height, args.width)))
+  data = load_data_config(args)
+  if data is not None:
+    wanted = (int(data.num_frames), int(data.height), int(data.width))
+    for flag, value, expected in zip(("--frames", "height", "width"), given, wanted):
+      if value is not None and value != expected:
+        raise ValueError(f"{flag} {value} contradicts --config {args.config}, whose config.data "
+                         f"asks for {wanted[0]} frames of {wanted[1]}x{wanted[2]}; drop the "
+                         f"flag (--config sets the geometry) or use another config")
+    frames, height, width = wanted
+  else:
+    frames = DEFAULT_FRAMES if given[0] is None else given[0]
+    height, width = (default_size if v is None else v for v in given[1:])
+  if frames < 1 or (frames - 1) % 4:
+    raise ValueError(f"--frames must be 4k+1 (1, 5, 9, 13, 17, ...), got {frames}")
   if height < 1 or width < 1:
     raise ValueError(f"frame size must be positive, got {height}x{width}")
-  return args.frames, height, width
+  return frames, height, width
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
