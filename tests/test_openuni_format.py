@@ -251,3 +251,33 @@ def test_tfds_example_converts_back_to_the_clip_contract(tmp_path):
   for i in range(len(source)):
     clip = tfds_builder.tfds_example_to_clip(source[i])
     _assert_same_clip(clip, by_id[clip["id"]])
+
+
+def test_manifest_shard_files_must_stay_inside_the_data_dir(tmp_path):
+  data_dir = tmp_path / "data"
+  writer_lib.write_clips(_clips(4), str(data_dir), "train", clips_per_shard=4)
+  outside = tmp_path / "outside.array_record"
+  good = data_dir / "train" / "general-00000-of-00001.array_record"
+  outside.write_bytes(good.read_bytes())
+  (data_dir / "train" / "escape.array_record").symlink_to(outside)
+  (data_dir / "train" / "alias.array_record").symlink_to(good)
+  manifest_path = data_dir / "manifest.json"
+  manifest = json.loads(manifest_path.read_text())
+  number = next(i for i, s in enumerate(manifest["splits"]["train"]["shards"])
+                if s["source"] == "general")
+  for file, rule in [(str(outside), "must be a relative path inside the data directory"),
+                     ("../outside.array_record", "no absolute path, no '..'"),
+                     ("train/../../outside.array_record", "no absolute path, no '..'"),
+                     ("train/escape.array_record", "outside the data directory"),
+                     ("", "must be a relative path"), (None, "must be a relative path")]:
+    manifest["splits"]["train"]["shards"][number]["file"] = file
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(RecordError) as error:
+      OpenUniReader(str(data_dir)).source("train", "general")[0]
+    message = str(error.value)
+    assert message.startswith(f"{manifest_path}: splits.train.shards[{number}]: file {file!r}")
+    assert rule in message, message
+  # A symlink that stays inside the directory is fine.
+  manifest["splits"]["train"]["shards"][number]["file"] = "train/alias.array_record"
+  manifest_path.write_text(json.dumps(manifest))
+  assert OpenUniReader(str(data_dir)).source("train", "general")[0]["source"] == "general"

@@ -173,3 +173,52 @@ def test_every_single_bit_flip_of_the_prefix_and_header_is_detected(codec):
       damaged[position] ^= 1 << bit
       with pytest.raises(RecordError):
         decode_record(bytes(damaged))
+
+
+def _inflated_record(clip: dict, frames: int, height: int, width: int) -> bytes:
+  """A validly checksummed record whose header claims every video at frames x height x width,
+  with zlib streams of zeros of that size: tiny on disk, large when inflated (a zlib bomb)."""
+  header, _ = _split(record.encode_record(clip, video_codec="zlib"))
+  blob = zlib.compress(bytes(frames * height * width * 3), 9)
+  arrays, offset = [], 0
+  for name in ["rgb"] + [f"modalities/{m}" for m in constants.MODALITIES]:
+    arrays.append({"name": name, "dtype": "uint8", "shape": [frames, height, width, 3],
+                   "codec": "zlib", "offset": offset, "length": len(blob),
+                   "crc32": zlib.crc32(blob)})
+    offset += len(blob)
+  header["arrays"] = arrays
+  return _seal(header, blob * len(arrays))
+
+
+def _seal(header: dict, payload: bytes) -> bytes:
+  """Record bytes with a correct header checksum (prefix + header only, as the format says)."""
+  header_bytes = json.dumps(header).encode()
+  start = struct.pack("<4sHHI", record.MAGIC, 1, 0, len(header_bytes))
+  return b"".join([start, struct.pack("<I", zlib.crc32(header_bytes, zlib.crc32(start))),
+                   header_bytes, payload])
+
+
+def test_inflation_is_bounded_by_the_manifest_geometry(tmp_path):
+  clips = [fakes.fake_clip(i, "general", num_frames=5, height=8, width=8, with_gt=False)
+           for i in range(2)]
+  writer_lib.write_clips(clips, str(tmp_path), "train", clips_per_shard=2)
+  reader = OpenUniReader(str(tmp_path))
+  raw = reader.source("train", "general", decode=False)
+  bomb = _inflated_record(clips[0], 5, 512, 512)   # 3.9 MB per video from 4 KB of zlib
+  assert len(bomb) < 64 * 1024
+  assert decode_record(bomb)["rgb"].shape == (5, 512, 512, 3)   # the header alone allows it
+  decode_fns = (raw.decode, lambda i, data: reader.decode_fn("train")(data, where=raw.where(i)))
+  for decode in decode_fns:
+    with pytest.raises(RecordError, match=r"record 0: rgb header says uint8 \[5, 512, 512, 3\], "
+                       r"but the manifest declares uint8 \['5x8x8x3'\]"):
+      decode(0, bomb)
+    decode(0, raw.raw(0))   # the real records still decode
+  # Header at the declared geometry, stream longer than it: inflation stops one byte past it.
+  geometry = record.declared_geometry(reader.split_entry("train")["arrays"])
+  header, _ = _split(bomb)
+  for spec in header["arrays"]:
+    spec["shape"] = [5, 8, 8, 3]
+  with pytest.raises(RecordError, match="rgb zlib stream inflates past the 960 bytes"):
+    decode_record(_seal(header, _split(bomb)[1]), geometry=geometry)
+  with pytest.raises(RecordError, match=r"arrays\['rgb'\] must have a 'dtype' and 'shapes'"):
+    record.declared_geometry({"rgb": {"dtype": "uint8", "shapes": {"5x8xbig": 1}}})

@@ -12,6 +12,7 @@ For grain, keep decoding in the map workers:
 """
 
 import bisect
+import functools
 import os
 import threading
 from typing import Any, Iterable, Sequence
@@ -19,10 +20,29 @@ from typing import Any, Iterable, Sequence
 from array_record.python import array_record_module
 
 from unity_jax import constants
+from unity_jax.data import record as record_lib
 from unity_jax.data import schema
 from unity_jax.data import writer as writer_lib
 from unity_jax.data.record import decode_record, peek_metadata  # noqa: F401  (public API)
 from unity_jax.data.schema import RecordError  # noqa: F401  (public API)
+
+
+def shard_path(data_dir: str, file: Any, where: str) -> str:
+  """The real path of a manifest shard `file` entry; RecordError unless it lies inside data_dir.
+
+  A manifest is data, not code: an absolute path, a `..` component or a symlink leading out of
+  the data directory would let it make the reader open (and fail on, or time) any file.
+  """
+  root = os.path.realpath(data_dir)
+  parts = file.replace("\\", "/").split("/") if isinstance(file, str) else []
+  if not parts or not file or os.path.isabs(file) or ".." in parts:
+    raise RecordError(f"{where}: file {file!r} must be a relative path inside the data "
+                      f"directory {root} (no absolute path, no '..')")
+  path = os.path.realpath(os.path.join(root, file))
+  if os.path.commonpath([root, path]) != root:
+    raise RecordError(f"{where}: file {file!r} resolves to {path}, outside the data directory "
+                      f"{root} (a symlink out of it?); shards must lie inside the data directory")
+  return path
 
 
 class OpenUniSource:
@@ -33,10 +53,13 @@ class OpenUniSource:
   """
 
   def __init__(self, data_dir: str, split: str, source: str, shards: Sequence[dict],
-               decode: bool = True, skip: Iterable[str] = ()):
+               decode: bool = True, skip: Iterable[str] = (),
+               geometry: record_lib.Geometry | None = None):
     self.data_dir, self.split, self.source_name = data_dir, split, source
-    self.shards = [dict(file=s["file"], num_records=s["num_records"], bytes=s["bytes"])
-                   for s in shards]
+    self.shards = [dict(file=s["file"], num_records=s["num_records"], bytes=s["bytes"],
+                        path=shard_path(data_dir, s["file"], f"{split}/{source} shard {i}"))
+                   for i, s in enumerate(shards)]
+    self.geometry = geometry
     self.decode_records, self.skip = decode, tuple(skip)
     self._starts = [0]
     for shard in self.shards:
@@ -78,7 +101,7 @@ class OpenUniSource:
     with self._lock:
       if shard not in self._readers:
         info = self.shards[shard]
-        path = os.path.join(self.data_dir, info["file"])
+        path = info["path"]
         size = os.path.getsize(path) if os.path.exists(path) else None
         if size != info["bytes"]:
           raise RecordError(f"{path}: shard is {size} bytes (None = missing), the manifest says "
@@ -108,7 +131,7 @@ class OpenUniSource:
       where = self.where(index)
     except IndexError:  # Called with a position that is not this source's (e.g. after a mix).
       where = f"{self.split}/{self.source_name} element {index}"
-    return decode_record(data, where=where, skip=self.skip)
+    return decode_record(data, where=where, skip=self.skip, geometry=self.geometry)
 
   def __getitem__(self, index: int) -> Any:
     data = self.raw(index)
@@ -133,6 +156,11 @@ class OpenUniReader:
       raise RecordError(f"{path}: unreadable manifest ({error})") from None
     if not isinstance(self.manifest.get("splits"), dict):
       raise RecordError(f"{path}: manifest has no 'splits' object")
+    # Checked up front, before anything is opened: every shard file stays inside the directory.
+    for split, entry in self.manifest["splits"].items():
+      for i, shard in enumerate(entry.get("shards", ()) if isinstance(entry, dict) else ()):
+        shard_path(self.data_dir, shard.get("file") if isinstance(shard, dict) else None,
+                   f"{path}: splits.{split}.shards[{i}]")
 
   @property
   def splits(self) -> tuple[str, ...]:
@@ -161,7 +189,19 @@ class OpenUniReader:
       decode: False returns record bytes; decode them with `.decode(index, data)`.
       skip: groups not to decode (see record.decode_record), e.g. ("gt",) for training.
     """
-    return OpenUniSource(self.data_dir, split, source, self._shards(split, source), decode, skip)
+    return OpenUniSource(self.data_dir, split, source, self._shards(split, source), decode, skip,
+                         geometry=self.geometry(split))
+
+  def geometry(self, split: str) -> record_lib.Geometry | None:
+    """The split's declared array dtypes and shapes (None for a manifest without "arrays")."""
+    arrays = self.split_entry(split).get("arrays")
+    if arrays is None:
+      return None
+    return record_lib.declared_geometry(arrays, f"{self.data_dir}: splits.{split}.arrays")
+
+  def decode_fn(self, split: str, skip: Iterable[str] = ()):
+    """decode_record(raw, where) bound to `skip` and the split's geometry (picklable)."""
+    return functools.partial(decode_record, skip=tuple(skip), geometry=self.geometry(split))
 
   def index(self, split: str, source: str | None = None) -> list[dict]:
     """Per-record rows, ordered by source then position: no record is read.
@@ -184,7 +224,7 @@ class OpenUniReader:
     """Checks every shard's size and sha256 against the manifest (reads all bytes)."""
     for name in ([split] if split else self.splits):
       for shard in self.split_entry(name)["shards"]:
-        path = os.path.join(self.data_dir, shard["file"])
+        path = shard_path(self.data_dir, shard["file"], f"splits.{name}.shards")
         if not os.path.exists(path):
           raise RecordError(f"{path}: shard listed in the manifest is missing")
         if writer_lib.file_sha256(path) != shard["sha256"]:

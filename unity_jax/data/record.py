@@ -183,6 +183,40 @@ def _check_array_specs(specs: list, payload_length: int, where: str) -> None:
     raise RecordError(f"{where}: missing arrays {sorted(missing)}")
 
 
+Geometry = Mapping[str, tuple[str, frozenset]]
+"""{array name: (dtype name, the shapes a manifest declares for it)}: see declared_geometry."""
+
+
+def declared_geometry(arrays: Mapping[str, Any], where: str = "manifest") -> dict:
+  """The Geometry of a manifest split's "arrays" entry ({name: {"dtype", "shapes": {"TxHxWxC":
+  count}}}), which bounds what a record of that split may claim and inflate to."""
+  if not isinstance(arrays, Mapping):
+    raise RecordError(f"{where}: 'arrays' must be an object, got {type(arrays).__name__}")
+  geometry = {}
+  for name, stats in arrays.items():
+    try:
+      shapes = frozenset(tuple(int(size) for size in key.split("x")) for key in stats["shapes"])
+      dtype = stats["dtype"]
+    except (TypeError, KeyError, ValueError, AttributeError):
+      raise RecordError(f"{where}: arrays[{name!r}] must have a 'dtype' and 'shapes' like "
+                        f"{{'17x64x64x3': 8}}, got {stats!r}") from None
+    geometry[name] = (dtype, shapes)
+  return geometry
+
+
+def _check_geometry(spec: dict, geometry: Geometry, where: str) -> None:
+  """A record's array must have a dtype and shape its split's manifest declares."""
+  name, shape = spec["name"], tuple(spec["shape"])
+  if name not in geometry:
+    raise RecordError(f"{where}: {name} is not among the arrays the manifest declares for this "
+                      f"split ({sorted(geometry)})")
+  dtype, shapes = geometry[name]
+  if spec["dtype"] != dtype or shape not in shapes:
+    declared = sorted("x".join(map(str, s)) for s in shapes)
+    raise RecordError(f"{where}: {name} header says {spec['dtype']} {list(shape)}, but the "
+                      f"manifest declares {dtype} {declared} for this split")
+
+
 def _decode_array(blob: memoryview, spec: dict, where: str) -> np.ndarray:
   name, codec = spec["name"], spec["codec"]
   if zlib.crc32(blob) != spec["crc32"]:
@@ -190,6 +224,8 @@ def _decode_array(blob: memoryview, spec: dict, where: str) -> np.ndarray:
                       f"computed {zlib.crc32(blob):#010x}): the record is corrupt")
   dtype = schema.dtype_from_name(spec["dtype"], where)
   shape = tuple(spec["shape"])
+  # With a manifest the shape was checked against its declared geometry first, so this bound
+  # is the manifest's, not just whatever the record header claims.
   expected = int(np.prod(shape, dtype=object)) * dtype.itemsize
   try:
     if codec == "png":
@@ -200,7 +236,11 @@ def _decode_array(blob: memoryview, spec: dict, where: str) -> np.ndarray:
       return np.array(image).reshape(shape)
     if codec == "zlib":
       inflater = zlib.decompressobj()
-      raw = inflater.decompress(blob, expected + 1)  # Bounded: a lying header cannot blow memory.
+      # Bounded: at most one byte past the declared size is ever inflated (no zlib bomb).
+      raw = inflater.decompress(blob, expected + 1)
+      if len(raw) > expected:
+        raise RecordError(f"{where}: {name} zlib stream inflates past the {expected} bytes of "
+                          f"{spec['dtype']} {list(shape)}")
       if not inflater.eof or inflater.unused_data:
         raise RecordError(f"{where}: {name} zlib stream is incomplete or has trailing bytes")
     else:
@@ -215,8 +255,8 @@ def _decode_array(blob: memoryview, spec: dict, where: str) -> np.ndarray:
   return np.frombuffer(raw, dtype).reshape(shape).copy()  # Writable, owns its memory.
 
 
-def decode_record(data: bytes, where: str = "record",
-                  skip: Iterable[str] = ()) -> dict[str, Any]:
+def decode_record(data: bytes, where: str = "record", skip: Iterable[str] = (),
+                  geometry: Geometry | None = None) -> dict[str, Any]:
   """Decodes OpenUni v1 record bytes into the clip dict of schema.py.
 
   Args:
@@ -226,6 +266,9 @@ def decode_record(data: bytes, where: str = "record",
     skip: groups not to decode, from ("rgb", "modalities", "gt", "latents",
       "caption_embedding"); they are absent from the result (header and structure are still
       validated; their bytes are neither checksummed nor decompressed).
+    geometry: the record's split geometry from its manifest (declared_geometry; the reader
+      passes it): every array's dtype and shape must be declared there, which bounds zlib
+      inflation by frames x height x width x channels x itemsize of the manifest.
 
   Raises:
     RecordError: naming `where` and what is wrong, for any corrupt, truncated or foreign input.
@@ -241,6 +284,9 @@ def decode_record(data: bytes, where: str = "record",
   schema.validate_metadata(meta, where)
   payload = memoryview(data)[payload_start:]
   _check_array_specs(header["arrays"], len(payload), where)
+  if geometry is not None:
+    for spec in header["arrays"]:
+      _check_geometry(spec, geometry, where)
   clip: dict[str, Any] = dict(meta)
   clip["available"] = dict(meta["available"])
   for spec in header["arrays"]:
