@@ -85,12 +85,14 @@ def compile_step(config):
   optimizer = optim.make_optimizer(config, abstract_params)
   abstract, shardings = state_lib.abstract_state(config, mesh, optimizer)
   train_step = step_lib.make_train_step(
-      config, model_lib.build_model(config), codec_lib.make_codec(config), optimizer,
+      config, model_lib.build_model(config), optimizer,
       optim.lr_multipliers(config, abstract_params))
   jitted = step_lib.jit_train_step(train_step, shardings, mesh)
   batch = step_lib.abstract_batch(sources.batch_shapes(config, config.train.batch_size), mesh)
-  compiled, report = step_lib.compile_train_step(jitted, abstract, batch, mesh)
-  return compiled, report, abstract, shardings, mesh, optimizer
+  codec = codec_lib.make_codec(config)
+  compiled, report = step_lib.compile_train_step(jitted, abstract, batch, codec, mesh)
+  bound = lambda state, batch: compiled(state, batch, codec)
+  return bound, report, abstract, shardings, mesh, optimizer
 
 
 def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Every config loads, validates and builds abstract params; invalid configs fail clearly."""
 
+import json
 import math
 import pathlib
 
@@ -19,10 +20,41 @@ def _abstract_param_count(config):
   return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
+def fake_wan_dirs(config, root) -> tuple[str, str]:
+  """(transformer dir, vae dir) holding only a config.json that matches `config`: enough for
+  validate(), which reads config.json files and nothing else."""
+  m, codec = config.model, config.codec
+  transformer = dict(
+      _class_name="WanTransformer3DModel", num_attention_heads=m.num_heads,
+      attention_head_dim=m.dim // m.num_heads, num_layers=m.num_layers, ffn_dim=m.ffn_dim,
+      patch_size=list(m.patch_size), freq_dim=m.freq_dim, text_dim=m.text_dim,
+      in_channels=codec.latent_channels, out_channels=codec.latent_channels,
+      cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
+  vae = dict(_class_name="AutoencoderKLWan", z_dim=codec.latent_channels,
+             scale_factor_spatial=codec.spatial_stride,
+             scale_factor_temporal=codec.temporal_stride,
+             is_residual=codec.name == "wan2.2_vae")
+  dirs = []
+  for name, contents in (("transformer", transformer), ("vae", vae)):
+    directory = pathlib.Path(root) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(contents))
+    dirs.append(str(directory))
+  return tuple(dirs)
+
+
 @pytest.mark.parametrize("path", CONFIG_FILES)
 @pytest.mark.parametrize("arg", [None, "smoke"])
-def test_config_loads_validates_and_builds(path, arg):
+def test_config_loads_validates_and_builds(path, arg, tmp_path):
   config = config_lib.load_config(str(ROOT / path) + (f":{arg}" if arg else ""))
+  if config.codec.name != "pixel":
+    # Wan presets name the weights they need before anything else happens.
+    with pytest.raises(config_lib.ConfigError, match=r"config\.(codec\.weights|init\.transformer)"):
+      config_lib.validate(config)
+    transformer_dir, vae_dir = fake_wan_dirs(config, tmp_path)
+    config.codec.weights = vae_dir
+    if config.init.require_pretrained:
+      config.init.transformer = transformer_dir
   config_lib.validate(config)
   sizes = config_lib.mesh_shape(config, 8 if config.mesh.fsdp <= 8 else config.mesh.fsdp)
   assert math.prod(sizes.values()) >= 1
@@ -80,7 +112,7 @@ INVALID = [
     (_set("codec.latent_channels", 16), None, "the pixel codec has 3*temporal_stride*"
      "spatial_stride^2 = 48 channels"),
     (_set("objective.caption_dropout", 1.5), None, "must lie in [0, 1]"),
-    (_set("data.caption_len", 100), None, "must be <= model.text_max_len=64"),
+    (_set("data.caption_len", 400), None, "must be <= model.text_max_len=320"),
     (_set("stages.0.steps", 0), None, "config.stages[0].steps=0: must be >= 1"),
     (_set("data.source_weights", (1, 1, 1)), None, "must be 4 non-negative weights"),
     # Per-key domains: each used to pass validate() and fail later (or never). None stands for
@@ -179,3 +211,40 @@ def test_base_task_probabilities_keep_the_paper_order():
   probs = dict(tiny.stages[0].task_probs)
   doc = (ROOT / "configs/tiny.py").read_text().split('"""')[1]
   assert all(f"{name} {value}" in doc for name, value in probs.items()), probs
+
+
+def test_wan_presets_need_their_weights_before_anything_starts(tmp_path):
+  config = config_lib.load_config(str(ROOT / "configs/unity_5b.py"))
+  transformer_dir, vae_dir = fake_wan_dirs(config, tmp_path)
+  with pytest.raises(config_lib.ConfigError, match=r"config\.codec\.weights='': the wan2\.2_vae "
+                     r"codec needs the Wan VAE weights: --config\.codec\.weights=DIR"):
+    config_lib.validate(config)
+  config.codec.weights = vae_dir
+  with pytest.raises(config_lib.ConfigError, match=r"config\.init\.transformer='': this config "
+                     r"fine-tunes a pretrained Wan transformer: --config\.init\.transformer=DIR"):
+    config_lib.validate(config)
+  config.init.transformer = str(tmp_path / "missing")
+  with pytest.raises(config_lib.ConfigError, match="must be a directory holding config.json"):
+    config_lib.validate(config)
+  config.init.transformer = transformer_dir
+  config_lib.validate(config)
+
+
+def test_checkpoint_geometry_mismatch_names_both_values(tmp_path):
+  config = config_lib.load_config(str(ROOT / "configs/wan21_1_3b.py"))
+  transformer_dir, vae_dir = fake_wan_dirs(config, tmp_path)
+  config.update_from_flattened_dict({"codec.weights": vae_dir,
+                                     "init.transformer": transformer_dir})
+  config.model.num_layers = 20
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.model\.num_layers=20 but the checkpoint has 30"):
+    config_lib.validate(config)
+  config.model.num_layers = 30
+  config.codec.latent_channels = 48
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config\.codec\.latent_channels=48 but the VAE has 16"):
+    config_lib.validate(config)
+  config.codec.latent_channels = 16
+  config.codec.name = "wan2.2_vae"
+  with pytest.raises(config_lib.ConfigError, match="but the VAE is a wan2.1_vae"):
+    config_lib.validate(config)

@@ -90,13 +90,13 @@ def test_one_step_after_restore_agrees_across_layouts(saved):
     state = checkpointer.restore(5, abstract)
     checkpointer.close()
     train_step = step_lib.make_train_step(
-        config, model_lib.build_model(config), codec_lib.make_codec(config), optimizer,
+        config, model_lib.build_model(config), optimizer,
         optim.lr_multipliers(config, state_lib.abstract_params(config)))
     jitted = step_lib.jit_train_step(train_step, shardings, mesh)
     batch = sources.RandomSource(config, 0).next_batch(5)
     assert set(batch) == set(sources.batch_shapes(config, config.train.batch_size))
     with jax.set_mesh(mesh):
-      state, metrics = jitted(state, mesh_lib.shard_batch(batch, mesh))
+      state, metrics = jitted(state, mesh_lib.shard_batch(batch, mesh), codec_lib.make_codec(config))
     results[layout] = jax.device_get((state, metrics))
   (state_a, metrics_a), (state_b, metrics_b) = results.values()
   assert np.isfinite(metrics_a["loss"])

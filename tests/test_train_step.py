@@ -73,8 +73,8 @@ class Harness:
         nonfinite_consecutive=zero)
     self.shardings = jax.tree.map(lambda _: NamedSharding(self.mesh, P()), state)
     self.state0 = jax.device_put(state, self.shardings)
-    step = step_lib.make_train_step(config, model, codec_lib.make_codec(config), self.optimizer,
-                                    multipliers)
+    self.codec = codec_lib.make_codec(config)
+    step = step_lib.make_train_step(config, model, self.optimizer, multipliers)
     if wrap is not None:
       step = wrap(step)
     self.jitted = step_lib.jit_train_step(step, self.shardings, self.mesh)
@@ -90,7 +90,7 @@ class Harness:
 
   def step(self, state, batch):
     with jax.set_mesh(self.mesh):
-      return self.jitted(state, batch)
+      return self.jitted(state, batch, self.codec)
 
 
 @pytest.fixture(scope="module")

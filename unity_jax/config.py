@@ -69,13 +69,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = dict(
       dim=64, num_layers=2, num_heads=4, ffn_dim=256, patch_size=(1, 2, 2), freq_dim=256,
-      text_encoder="builtin", text_dim=64, text_layers=2, text_heads=4, text_max_len=64,
-      switcher="adaptive", modality_embed="shared", head_mode="per_modality", qk_norm=True,
+      text_encoder="builtin", text_dim=64, text_layers=2, text_heads=4, text_max_len=320,
+      switcher="adaptive", switcher_residual=False, modality_embed="shared",
+      head_mode="per_modality", qk_norm=True,
       prediction="velocity", data_prediction_min_t=0.05, rope_theta=10000.0, attention="xla",
       attention_chunk=512, remat="none", scan_layers=True,
       dtype="bfloat16", param_dtype="float32", num_modality_streams=1)
-  c.codec = dict(name="pixel", spatial_stride=2, temporal_stride=4, latent_channels=48)
-  c.data = dict(dir="", num_frames=9, height=32, width=32, caption_len=64, prompt_len=32,
+  # codec.weights: the diffusers AutoencoderKLWan directory of a Wan VAE codec (docs/wan.md).
+  c.codec = dict(name="pixel", spatial_stride=2, temporal_stride=4, latent_channels=48,
+                 weights="")
+  # init.transformer: a diffusers WanTransformer3DModel directory whose weights start the RGB
+  # path (docs/wan.md); require_pretrained: the config is a fine-tune and refuses to start
+  # from random weights.
+  c.init = dict(transformer="", require_pretrained=False)
+  # Byte-token lengths (BOS + UTF-8 bytes + EOS) that fit the synthetic world's texts with a
+  # margin: captions are <= 302 tokens (median ~174), segmentation prompts naming their targets
+  # <= 145 (`unity-data inspect` reports the distribution; longer texts are truncated, counted).
+  c.data = dict(dir="", num_frames=9, height=32, width=32, caption_len=320, prompt_len=160,
                 source_weights=(1, 1, 1, 1), worker_count=0, prefetch_buffer=2,
                 skip_corrupt=False, flip_augment=False, no_modality="rgb_only")
   c.objective = dict(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0,
@@ -116,8 +126,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 
 WAN_CODECS = {
-    "wan2.1_vae": dict(name="wan2.1_vae", spatial_stride=8, temporal_stride=4, latent_channels=16),
-    "wan2.2_vae": dict(name="wan2.2_vae", spatial_stride=16, temporal_stride=4, latent_channels=48),
+    "wan2.1_vae": dict(name="wan2.1_vae", spatial_stride=8, temporal_stride=4, latent_channels=16,
+                       weights=""),
+    "wan2.2_vae": dict(name="wan2.2_vae", spatial_stride=16, temporal_stride=4, latent_channels=48,
+                       weights=""),
 }
 
 
@@ -128,6 +140,10 @@ PRESETS = {
     "unity_10b": dict(dim=4096, num_layers=40, num_heads=32, ffn_dim=14336, codec="wan2.2_vae"),
     "wan21_14b": dict(dim=5120, num_layers=40, num_heads=40, ffn_dim=13824, codec="wan2.1_vae"),
 }
+
+
+PRETRAINED_PRESETS = ("wan21_1_3b", "unity_5b", "wan21_14b")
+"""Presets whose geometry is a public Wan checkpoint's: they start from its weights."""
 
 
 def preset_config(name, arg=None):
@@ -147,6 +163,10 @@ def preset_config(name, arg=None):
   config.train.update(batch_size=32, lr=5e-5, warmup_steps=200, grad_clip=1.5,
                       ema_decay=0.9999, lr_multipliers=(("modality_*", 10.0),))
   config.stages = paper_stages(16_000, 40_000)
+  # A fine-tune of a pretrained Wan backbone: --config.init.transformer=DIR and
+  # --config.codec.weights=DIR are required (validate() names them when missing). The 10B
+  # geometry has no public checkpoint: it trains from random weights (still through the VAE).
+  config.init.require_pretrained = name in PRETRAINED_PRESETS
   if "smoke" in parse_args(arg):
     apply_smoke(config)
   return config
@@ -162,11 +182,15 @@ def resolved_data_source(config) -> str:
 def apply_smoke(config):
   """Shrinks any config to a 2-minute CPU run, keeping its architectural switches."""
   config.model.update(dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_encoder="builtin",
-                      text_dim=32, text_layers=1, text_heads=2, text_max_len=64, remat="none",
+                      text_dim=32, text_layers=1, text_heads=2, text_max_len=320, remat="none",
                       attention="xla", dtype="float32")
   config.codec = ml_collections.ConfigDict(dict(name="pixel", spatial_stride=2,
-                                                temporal_stride=4, latent_channels=48))
-  config.data.update(num_frames=5, height=16, width=16, caption_len=48, prompt_len=32)
+                                                temporal_stride=4, latent_channels=48,
+                                                weights=""))
+  # Smoke geometry cannot hold pretrained weights: it trains from random initialisation.
+  config.init.update(transformer="", require_pretrained=False)
+  # Text lengths stay the base's: the smoke run reads the same synthetic captions and prompts.
+  config.data.update(num_frames=5, height=16, width=16, caption_len=320, prompt_len=160)
   config.mesh.update(data=-1, fsdp=1, tensor=1, context=1)
   config.train.batch_size = 8
   for s in config.stages:
@@ -317,6 +341,7 @@ def validate(config, num_devices: int | None = None) -> None:
   if config.train.batch_size < 1:
     _fail("train.batch_size", config.train.batch_size, "must be >= 1")
   _validate_train(config)
+  _validate_pretrained(config)
   if num_devices is not None:
     sizes = mesh_shape(config, num_devices)
     data_parallel = sizes["data"] * sizes["fsdp"]
@@ -427,3 +452,42 @@ def _validate_train(config):
       _fail(f"train.{name}", t[name], "must be >= 1")
   if any(not isinstance(s, int) or s < 0 for s in t.debug_nan_steps):
     _fail("train.debug_nan_steps", tuple(t.debug_nan_steps), "must be non-negative step numbers")
+
+
+WAN_DOCS = "docs/wan.md"
+
+
+def _validate_pretrained(config):
+  """Weights a config needs exist before anything compiles or any process group forms.
+
+  Only files are looked at (config.json of each directory); the geometry of a transformer
+  checkpoint is checked against config.model here too, so a mismatch fails in a second.
+  """
+  codec, init = config.codec, config.init
+  if codec.name != "pixel":
+    if not codec.weights:
+      _fail("codec.weights", codec.weights, f"the {codec.name} codec needs the Wan VAE weights: "
+            "--config.codec.weights=DIR, a diffusers AutoencoderKLWan directory (the vae/ "
+            f"folder of a Wan *-Diffusers release; {WAN_DOCS})")
+    _require_model_dir("codec.weights", codec.weights)
+    from unity_jax.wan import geometry  # pylint: disable=g-import-not-at-top
+    problem = geometry.vae_mismatch(geometry.read_config(codec.weights), codec)
+    if problem:
+      _fail("codec.weights", codec.weights, problem)
+  if init.transformer:
+    _require_model_dir("init.transformer", init.transformer)
+    from unity_jax.wan import geometry  # pylint: disable=g-import-not-at-top
+    problem = geometry.mismatch(geometry.read_config(init.transformer), config)
+    if problem:
+      _fail("init.transformer", init.transformer, problem)
+  elif init.require_pretrained:
+    _fail("init.transformer", init.transformer, "this config fine-tunes a pretrained Wan "
+          "transformer: --config.init.transformer=DIR, a diffusers WanTransformer3DModel "
+          f"directory (the transformer/ folder of a Wan *-Diffusers release; {WAN_DOCS}); "
+          "set --config.init.require_pretrained=False to train from random weights")
+
+
+def _require_model_dir(key, path):
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    _fail(key, path, "must be a directory holding config.json and *.safetensors (a diffusers "
+          "model directory as written by save_pretrained)")

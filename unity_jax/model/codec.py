@@ -7,14 +7,21 @@ frames give F' = 1 + k latent frames. The Wan video VAE plugs in behind the same
 """
 
 import dataclasses
+import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=[],
+                   meta_fields=["spatial_stride", "temporal_stride"])
 @dataclasses.dataclass(frozen=True)
 class PixelCodec:
-  """Space-to-depth codec: exact inverse, C = 3 · temporal_stride · spatial_stride²."""
+  """Space-to-depth codec: exact inverse, C = 3 · temporal_stride · spatial_stride².
+
+  A pytree without leaves, so it can be passed to jitted functions like the Wan VAE codec.
+  """
   spatial_stride: int = 4
   temporal_stride: int = 4
 
@@ -65,9 +72,14 @@ class PixelCodec:
     return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def make_codec(config) -> PixelCodec:
-  """Builds the codec named by `config.codec.name`."""
+def make_codec(config):
+  """Builds the codec named by `config.codec.name`: PixelCodec, or the Wan VAE
+  (unity_jax/wan/vae_codec.py) loaded from `config.codec.weights` and checked against
+  config.codec (name, latent_channels, spatial_stride, temporal_stride)."""
   if config.codec.name == "pixel":
     return PixelCodec(config.codec.spatial_stride, config.codec.temporal_stride)
-  raise ValueError(f"config.codec.name={config.codec.name!r} is not known; expected 'pixel' "
-                   "(the Wan VAE codec is not part of this release yet)")
+  if config.codec.name in ("wan2.1_vae", "wan2.2_vae"):
+    from unity_jax.wan import vae_codec  # pylint: disable=g-import-not-at-top
+    return vae_codec.codec_from_config(config)
+  raise ValueError(f"config.codec.name={config.codec.name!r} is not known; expected 'pixel', "
+                   "'wan2.1_vae' or 'wan2.2_vae'")

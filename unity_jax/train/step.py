@@ -78,22 +78,24 @@ def _gradients(loss_fn, params, latent_batch, sample_keys, num_micro: int):
   return loss / num_micro, sums, jax.tree.map(lambda g: g / num_micro, grads)
 
 
-def make_train_step(config, model, codec, optimizer, multipliers):
+def make_train_step(config, model, optimizer, multipliers):
   """Builds the pure step for `config` (call it under jax.set_mesh; jit with `jit_train_step`).
 
   Args:
-    model: build_model(config); codec: make_codec(config).
+    model: build_model(config).
     optimizer: optim.make_optimizer(config, params); multipliers: optim.lr_multipliers(...).
   Returns:
-    train_step(state: TrainState, batch: pipeline batch dict) -> (state, metrics dict of
-    float32 scalars: loss, loss/task/*, loss/modality/*, grad_norm, lr, update_param_ratio,
-    param_norm, nonfinite, nonfinite_total, nonfinite_consecutive).
+    train_step(state: TrainState, batch: pipeline batch dict, codec: make_codec(config)) ->
+    (state, metrics dict of float32 scalars: loss, loss/task/*, loss/modality/*, grad_norm,
+    lr, update_param_ratio, param_norm, nonfinite, nonfinite_total, nonfinite_consecutive).
+    The codec is an argument, not a closure: a Wan VAE's weights are then inputs of the
+    compiled program instead of constants baked into it.
   """
   t = config.train
   rules = rules_lib.rules_for(config.mesh.rules)
   loss_fn = make_loss_fn(config, model)
 
-  def train_step(state: TrainState, batch: dict):
+  def train_step(state: TrainState, batch: dict, codec):
     with nn.logical_axis_rules(rules):
       batch = dict(batch)
       poison = batch.pop(NAN_INJECTION_KEY, None)
@@ -141,10 +143,11 @@ def make_train_step(config, model, codec, optimizer, multipliers):
 
 
 def jit_train_step(train_step, state_shardings: TrainState, mesh):
-  """jax.jit with explicit shardings: state donated and kept in place, batch over data×fsdp;
-  compiled with the mesh platform's xla_options."""
+  """jax.jit with explicit shardings: state donated and kept in place, batch over data×fsdp,
+  codec weights replicated; compiled with the mesh platform's xla_options."""
   replicated = NamedSharding(mesh, P())
-  return jax.jit(train_step, in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
+  return jax.jit(train_step,
+                 in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=0,
                  compiler_options=xla_options.for_mesh(mesh))
 
@@ -156,10 +159,12 @@ def abstract_batch(batch_shapes: dict, mesh) -> dict:
           for k, (shape, dtype) in batch_shapes.items()}
 
 
-def compile_train_step(jitted, abstract_state: TrainState, batch_abstract: dict, mesh):
-  """AOT-compiles the step; returns (compiled, report) with per-device memory and FLOPs."""
+def compile_train_step(jitted, abstract_state: TrainState, batch_abstract: dict, codec, mesh):
+  """AOT-compiles the step; returns (compiled, report) with per-device memory and FLOPs.
+
+  The compiled step is called as compiled(state, batch, codec)."""
   with jax.set_mesh(mesh):
-    compiled = jitted.lower(abstract_state, batch_abstract).compile()
+    compiled = jitted.lower(abstract_state, batch_abstract, codec).compile()
   memory = compiled.memory_analysis()
   report = {}
   if memory is not None:

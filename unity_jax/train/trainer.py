@@ -93,9 +93,9 @@ class Trainer:
     multipliers = optim.lr_multipliers(config, abstract_params)
     self.abstract_state, self.state_shardings = state_lib.abstract_state(
         config, self.mesh, self.optimizer)
+    self.codec = codec_lib.make_codec(config)
     self.train_step = step_lib.make_train_step(
-        config, model_lib.build_model(config), codec_lib.make_codec(config), self.optimizer,
-        multipliers)
+        config, model_lib.build_model(config), self.optimizer, multipliers)
     self._enter_stage = jax.jit(
         functools.partial(curriculum.enter_stage, config,
                           reset_optimizer=functools.partial(state_lib.reset_optimizer,
@@ -112,7 +112,7 @@ class Trainer:
     self._batch_abstract = step_lib.abstract_batch(
         sources.batch_shapes(self.config, int(self.config.train.batch_size)), self.mesh)
     compiled, report = step_lib.compile_train_step(jitted, self.abstract_state,
-                                                   self._batch_abstract, self.mesh)
+                                                   self._batch_abstract, self.codec, self.mesh)
     state_bytes = state_lib.state_bytes_per_device(self.abstract_state)
     fmt = monitor_lib.format_bytes
     scan_note = ", which counts a scanned layer once" if self.config.model.scan_layers else ""
@@ -224,7 +224,7 @@ class Trainer:
         self._source.close()
         self._source, source_stage = self._make_source(target), target
       local = sources.with_debug_nan(c, self._source.next_batch(step), step)
-      state, metrics = compiled(state, self._global_batch(local))
+      state, metrics = compiled(state, self._global_batch(local), self.codec)
       step += 1
       metrics = jax.device_get(metrics)
       self.monitor.record(step, stage, metrics, force_flush=curriculum.is_stage_end(c, step))
