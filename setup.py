@@ -9,13 +9,13 @@ CORE = [
     "orbax-checkpoint>=0.12.8,<0.13",
     "grain>=0.2.18,<0.3",
     "array_record>=0.8,<0.9",
-    "tensorstore>=0.1.86,<0.2",
+    # tensorstore is not listed: nothing here imports it yet and orbax-checkpoint installs it;
+    # declare it with the code that does (the zarr3 store of precomputed latents).
     "ml-collections>=1.1,<2",
     "tensorflow-datasets>=4.9.10,<5",
-    "chex>=0.1.92,<0.2",
     "absl-py>=2",
-    "einops>=0.8,<0.9",
     "numpy>=2,<3",
+    "scipy>=1.13,<2",  # linear_sum_assignment (segmentation metrics); jax needs it too
     "imageio>=2.37,<3",
     "imageio-ffmpeg>=0.6,<0.9",
     "pillow>=10",
@@ -33,7 +33,8 @@ setup(
     extras_require={
         "tpu": ["jax[tpu]>=0.10,<0.11"],
         "cuda": ["jax[cuda12]>=0.10,<0.11"],
-        "test": ["pytest>=8", "pytest-timeout>=2"],
+        # chex: test helpers only; pycocotools: the mask mAP parity test (not skipped in CI).
+        "test": ["pytest>=8", "pytest-timeout>=2", "chex>=0.1.92,<0.2", "pycocotools>=2.0.8,<3"],
         # Parity tests against PyTorch reference code run with random weights (never downloads).
         "parity": ["torch==2.13.0", "diffusers>=0.35"],
     },

@@ -4,12 +4,13 @@ Instance ids are int [T, H, W] with 0 = background. An id names one instance acr
 video (a track), so every IoU here is a video IoU: the sum over frames of the intersection divided
 by the sum over frames of the union. This rewards temporally consistent ids; it differs from
 DAVIS's J, which averages per-frame IoUs. Ids of predictions and ground truth need not agree:
-instances are matched by IoU. Pure numpy, no scipy.
+instances are matched by IoU (numpy, and scipy for the assignment).
 """
 
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import optimize
 
 from unity_jax.eval import validation
 
@@ -52,11 +53,8 @@ def instance_iou_matrix(pred_ids: np.ndarray, gt_ids: np.ndarray):
 
 
 def max_weight_matching(weights: np.ndarray) -> list[tuple[int, int]]:
-  """Exact one-to-one assignment maximising the total weight (Hungarian / Kuhn-Munkres).
-
-  O(n^2 m) shortest-augmenting-path algorithm with potentials, vectorised over columns; fine for
-  the tens of instances of a video. Equivalent to scipy.optimize.linear_sum_assignment(maximize=
-  True) in total weight (ties may pick a different assignment of equal total).
+  """Exact one-to-one assignment maximising the total weight (Hungarian / Kuhn-Munkres, scipy's
+  `linear_sum_assignment`); ties may pick any assignment of equal total.
 
   Args:
     weights: float [N, M], finite.
@@ -68,41 +66,8 @@ def max_weight_matching(weights: np.ndarray) -> list[tuple[int, int]]:
   if weights.ndim != 2:
     raise ValueError(f"weights must be a [N, M] matrix, got shape {weights.shape}")
   validation.check_finite("weights", weights)
-  if weights.shape[0] > weights.shape[1]:
-    return sorted((row, col) for col, row in max_weight_matching(weights.T))
-  cost = -weights
-  num_rows, num_cols = cost.shape
-  # 1-based arrays: column 0 is the virtual start of every augmenting path.
-  row_potential = np.zeros(num_rows + 1)
-  col_potential = np.zeros(num_cols + 1)
-  row_of_col = np.zeros(num_cols + 1, dtype=np.int64)  # 0 = column unassigned.
-  previous_col = np.zeros(num_cols + 1, dtype=np.int64)
-  for row in range(1, num_rows + 1):
-    row_of_col[0] = row
-    col = 0
-    min_slack = np.full(num_cols + 1, np.inf)
-    visited = np.zeros(num_cols + 1, dtype=bool)
-    while True:
-      visited[col] = True
-      current_row = row_of_col[col]
-      slack = cost[current_row - 1] - row_potential[current_row] - col_potential[1:]
-      improve = ~visited[1:] & (slack < min_slack[1:])
-      min_slack[1:][improve] = slack[improve]
-      previous_col[1:][improve] = col
-      candidates = np.where(visited[1:], np.inf, min_slack[1:])
-      next_col = int(np.argmin(candidates)) + 1
-      delta = candidates[next_col - 1]
-      row_potential[row_of_col[visited]] += delta
-      col_potential[visited] -= delta
-      min_slack[~visited] -= delta
-      col = next_col
-      if row_of_col[col] == 0:
-        break
-    while col != 0:  # Flip the augmenting path back to its start.
-      prior = previous_col[col]
-      row_of_col[col] = row_of_col[prior]
-      col = prior
-  return sorted((int(row_of_col[c]) - 1, c - 1) for c in range(1, num_cols + 1) if row_of_col[c])
+  rows, cols = optimize.linear_sum_assignment(weights, maximize=True)
+  return [(int(r), int(c)) for r, c in zip(rows, cols)]  # rows come back ascending
 
 
 def mean_iou(pred_ids: np.ndarray, gt_ids: np.ndarray) -> dict:
