@@ -132,7 +132,7 @@ def test_oracle_scores_perfectly_next_to_baselines(clips):
   assert video["model"]["temporal_flickering"] == pytest.approx(
       video["baselines"]["real_video"]["temporal_flickering"])
   headline = summary["headline"]
-  assert headline["depth_abs_rel"]["met"] and headline["flow_epe"]["met"]
+  assert headline["depth_abs_rel"]["met"] and headline["flow_epe"]["ratio"] == 0.0
   assert headline["depth_abs_rel"]["ratio"] < 1e-5
   assert set(summary["per_clip"]["estimate/depth"]) == {c["id"] for c in clips}
   assert summary["clips"] == {"count": 4, "ids": [c["id"] for c in clips]}
@@ -144,6 +144,21 @@ def test_oracle_scores_perfectly_next_to_baselines(clips):
   control = next(s for s in result.samples if (s.task, s.modality) == ("control", "depth"))
   assert control.panels == ("condition", "generated RGB", "re-estimated", "real RGB")
   assert control.video.dtype == np.uint8 and control.video.shape[0] == T
+
+
+def test_headline_gates_depth_and_reports_flow_beside_zero_flow(capsys):
+  results = {"estimate/depth": {"model": {"abs_rel": 0.2},
+                                "baselines": {"constant_disparity": {"abs_rel": 0.4}}},
+             "estimate/flow": {"model": {"epe": 0.4},
+                               "baselines": {"zero_flow": {"epe": 0.38}}}}
+  checks = unibench.headline(results)
+  assert checks["depth_abs_rel"]["met"] and checks["depth_abs_rel"]["target"] == "ratio <= 0.7"
+  # Flow: model, zero-flow baseline and ratio, but no target and no pass/fail.
+  assert checks["flow_epe"] == {"model": 0.4, "baseline": 0.38, "ratio": pytest.approx(0.4 / 0.38)}
+  page = html_report._headline(checks)
+  assert 'class="check met">depth_abs_rel' in page
+  assert 'class="check reported">flow_epe: model 0.4000 vs baseline 0.3800' in page
+  assert "reported, no target" in page and "not met" not in page
 
 
 def test_ground_truth_skips_what_cannot_be_scored(clips):
@@ -279,3 +294,28 @@ def test_html_report_links_existing_files(tmp_path, clips):
   frames = video_io.read_video(str(out.parent / mp4))
   assert frames.shape[0] == T and frames.shape[1] % 2 == 0
   assert '<tr class="better">' in page   # The oracle beats its baselines.
+
+
+def test_plots_and_report_skip_gaps_of_skipped_nonfinite_steps(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  _write_metrics(run / "metrics.jsonl", steps=(10, 20, 30, 40, 50))
+  lines = (run / "metrics.jsonl").read_text().splitlines()[:5]
+  records = [json.loads(line) for line in lines]
+  for key in records[1]:   # Step 20: every step of the window skipped as non-finite.
+    if key.startswith("loss"):
+      records[1][key] = None
+  records[1]["skipped_steps"] = 10
+  records[2]["loss"] = "nan"   # As older monitors wrote it.
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  records = plots.read_metrics(str(run / "metrics.jsonl"))
+  assert plots.series(records, "loss") == ([10, 40, 50], [2.0, 0.5, 0.4])
+  assert plots.series(records, "loss", keep_gaps=True) == (
+      [10, 20, 30, 40, 50], [2.0, None, None, 0.5, 0.4])
+  assert plots.series(records, "loss/task/joint", "count/task/joint", keep_gaps=True)[1] == [
+      1.0, None, 3.0, 4.0, 5.0]
+  written = plots.write_loss_curves(str(run / "metrics.jsonl"), str(tmp_path / "curves"))
+  assert all(iio.imread(w["path"]).std() > 0 for w in written)
+  out = tmp_path / "report.html"
+  html_report.write_report(str(out), {"results": {"rgb": {"model": {"pck": None}}}}, str(run))
+  assert "loss_total.png" in out.read_text() and "–" in out.read_text()

@@ -147,6 +147,27 @@ def test_invalid_config_fails_before_compiling(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
+def test_skipped_nonfinite_steps_keep_metrics_numeric_and_the_report_builds(tmp_path, cache_dir):
+  from unity_jax.eval import html_report  # pylint: disable=g-import-not-at-top
+  # Batches 2 and 3 (steps 3-4: one whole log window) and 6 (half of steps 7-8) are NaN.
+  status, output = run(tmp_path, "--config.train.debug_nan_steps=(2,3,6)",
+                       "--config.train.nonfinite_policy=skip", "--config.train.log_every=2",
+                       env=train_env(cache_dir))
+  assert status == 0, output
+  text = (tmp_path / "metrics.jsonl").read_text()
+  assert "nan" not in text.lower() and "Infinity" not in text
+  windows = {w["step"]: w for w in metric_lines(tmp_path)}
+  assert sorted(windows) == list(range(2, 21, 2))
+  assert windows[4]["loss"] is None and windows[4]["skipped_steps"] == 2
+  assert np.isfinite(windows[8]["loss"]) and windows[8]["skipped_steps"] == 1
+  assert sum(w["skipped_steps"] for w in windows.values()) == 3
+  assert read_json(tmp_path / "summary.json")["nonfinite_skipped"] == 3
+  out = tmp_path / "report.html"
+  html_report.write_report(str(out), {}, str(tmp_path))
+  assert "loss_total.png" in out.read_text()
+
+
+@pytest.mark.slow
 def test_nonfinite_policy_stops_keeps_checkpoints_and_skip_resumes(tmp_path, cache_dir):
   env = train_env(cache_dir)
   nan = ["--config.train.debug_nan_steps=(4,5,6)", "--config.train.checkpoint_every=3"]

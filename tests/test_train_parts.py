@@ -3,6 +3,7 @@ rules, batch sources, fingerprints and safetensors export, multi-host detection,
 
 import io
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -173,3 +174,65 @@ def test_monitor_writes_count_weighted_window_means(tmp_path):
   assert record["loss/modality/depth"] == 2.0       # the step without depth samples is ignored
   assert "step 2/4 stage 0 (s0) loss 2.0000" in stream.getvalue()
   assert list((tmp_path / "tensorboard").iterdir())
+
+
+def _step_metrics(loss, skipped=False):
+  return {"loss": loss, "grad_norm": float("nan") if skipped else 1.0, "lr": 0.1,
+          "nonfinite": float(skipped), "loss/modality/depth": loss, "count/modality/depth": 2.0}
+
+
+def test_monitor_means_are_nan_aware_numeric_and_count_skipped_steps(tmp_path):
+  stream = io.StringIO()
+  monitor = monitor_lib.Monitor(str(tmp_path), total_steps=6, stage_names=["s0"], log_every=3,
+                                stream=stream)
+  monitor.start(0)
+  for step, loss in enumerate([1.0, float("nan"), 3.0, float("nan"), float("inf"), float("nan")]):
+    monitor.record(step + 1, 0, _step_metrics(loss, skipped=not np.isfinite(loss)))
+  monitor.close()
+  text = (tmp_path / "metrics.jsonl").read_text()
+  assert "NaN" not in text and '"nan"' not in text and "Infinity" not in text
+  first, second = [json.loads(line) for line in text.splitlines()]
+  assert first["loss"] == 2.0 and first["loss/modality/depth"] == 2.0   # the NaN step left out
+  assert first["grad_norm"] == 1.0 and first["skipped_steps"] == 1
+  assert second["loss"] is None and second["grad_norm"] is None and second["skipped_steps"] == 3
+  assert second["lr"] == pytest.approx(0.1)   # finite metrics of skipped steps still count
+  assert "step 6/6 stage 0 (s0) loss nan" in stream.getvalue() and "(3 skipped)" in stream.getvalue()
+
+
+def _tensorboard_scalars(directory):
+  """{tag: [steps]} as TensorBoard loads them: files in name order; a SessionLog START at step
+  s (purge_step) drops the events of steps >= s read before it."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  for name in sorted(os.listdir(directory)):
+    data = (directory / name).read_bytes()
+    offset = 0
+    while offset < len(data):
+      length = int.from_bytes(data[offset:offset + 8], "little")
+      events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+      offset += 12 + length + 4
+  scalars = {}
+  for event in events:
+    if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+      scalars = {tag: [s for s in steps if s < event.step] for tag, steps in scalars.items()}
+    for value in event.summary.value:
+      scalars.setdefault(value.tag, []).append(event.step)
+  return scalars
+
+
+def test_monitor_resume_replaces_tensorboard_steps_instead_of_duplicating(tmp_path):
+  def run(first_step, last_step, resumed_from=None):
+    monitor = monitor_lib.Monitor(str(tmp_path), total_steps=6, stage_names=["s0"], log_every=1,
+                                  stream=io.StringIO())
+    if resumed_from is not None:
+      monitor.truncate_after(resumed_from)
+    monitor.start(first_step - 1)
+    for step in range(first_step, last_step + 1):
+      monitor.record(step, 0, _step_metrics(float(step)))
+    monitor.close()
+  run(1, 5)              # killed after step 5, last checkpoint at step 3
+  run(4, 6, resumed_from=3)
+  steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert steps == [1, 2, 3, 4, 5, 6]
+  scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+  assert scalars["loss"] == [1, 2, 3, 4, 5, 6] and scalars["skipped_steps"] == [1, 2, 3, 4, 5, 6]

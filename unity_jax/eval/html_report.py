@@ -14,6 +14,7 @@ many videos loaded (`data-loaded`, `data-failed`, `data-total`), which headless 
 import argparse
 import html
 import json
+import math
 import os
 import sys
 
@@ -104,7 +105,13 @@ def _read_json(path: str):
 
 
 def _number(value) -> str:
+  if value is None:   # JSON null: no finite value
+    return "–"
   return f"{value:.4f}" if isinstance(value, (int, float)) else html.escape(str(value))
+
+
+def _finite(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def metrics_table(results: dict) -> str:
@@ -122,8 +129,9 @@ def metrics_table(results: dict) -> str:
       arrow = {True: " ↑", False: " ↓"}.get(higher, "")
       scores = {name: b[metric] for name, b in baselines.items() if metric in b}
       verdict = ""
-      if scores and higher is not None:
-        best = max(scores.values()) if higher else min(scores.values())
+      finite = [s for s in scores.values() if _finite(s)]
+      if finite and higher is not None and _finite(value):
+        best = max(finite) if higher else min(finite)
         margin = (value - best) if higher else (best - value)
         verdict = "better" if margin > 0 else "worse" if margin < 0 else ""
       cell = "<br>".join(f"{html.escape(name)} <code>{_number(score)}</code>"
@@ -138,10 +146,13 @@ def metrics_table(results: dict) -> str:
 def _headline(checks: dict) -> str:
   items = []
   for name, c in checks.items():
-    state = "met" if c["met"] else "missed"
+    if "target" in c:
+      state = "met" if c["met"] else "missed"
+      verdict = f'target {html.escape(c["target"])}: {"met" if c["met"] else "not met"}'
+    else:   # reported beside its baseline, not gated (flow EPE, see unibench.headline)
+      state, verdict = "reported", "reported, no target"
     items.append(f'<li class="check {state}">{html.escape(name)}: model {c["model"]:.4f} vs '
-                 f'baseline {c["baseline"]:.4f}, ratio {c["ratio"]:.3f} (target '
-                 f'{html.escape(c["target"])}: {"met" if c["met"] else "not met"})</li>')
+                 f'baseline {c["baseline"]:.4f}, ratio {c["ratio"]:.3f} ({verdict})</li>')
   return "<ul>" + "".join(items) + "</ul>" if items else ""
 
 

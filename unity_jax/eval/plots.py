@@ -7,7 +7,9 @@ metrics.jsonl (train/monitor.py) holds one record per log interval with "step", 
 "loss", "loss/rgb", "loss/task/<task>" (constants.LOSS_TASKS: control, estimate, joint and t2v
 for RGB-only samples), "loss/modality/<m>" and matching "count/..." keys (how
 many samples of the interval had that task or modality). A point whose count is 0 is left out:
-its loss is a placeholder 0, not a measurement (e.g. skeleton in curriculum stage 1).
+its loss is a placeholder 0, not a measurement (e.g. skeleton in curriculum stage 1). A value
+that is `null` (every step of the interval was skipped as non-finite; older logs wrote "nan") is
+a gap: the line breaks there instead of bridging it.
 """
 
 import json
@@ -42,14 +44,28 @@ def read_metrics(path: str) -> list[dict]:
   return [by_step[s] for s in sorted(by_step)]
 
 
-def series(records: list[dict], key: str, count_key: str | None = None):
-  """(steps, values) of `key`, leaving out records without it or whose `count_key` is 0."""
+def _finite(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def series(records: list[dict], key: str, count_key: str | None = None,
+           keep_gaps: bool = False):
+  """(steps, values) of `key`, leaving out records without it or whose `count_key` is 0.
+
+  A record holding `key` with no finite value (null, or "nan" from older logs) is left out too,
+  or with `keep_gaps` gives a None value, so a plot breaks its line there.
+  """
   steps, values = [], []
   for r in records:
     value = r.get(key)
-    if value is None or not math.isfinite(value):
+    count = r.get(count_key, 0) if count_key is not None else 1
+    if key not in r or not (_finite(count) and count > 0):
       continue
-    if count_key is not None and not r.get(count_key, 0) > 0:
+    if not _finite(value):
+      if keep_gaps:
+        steps.append(r["step"])
+        values.append(None)
       continue
     steps.append(r["step"])
     values.append(value)
@@ -90,7 +106,8 @@ def line_plot(lines: list[tuple[str, list, list, tuple]], *, title: str, xlabel:
   """A line chart with axes, round ticks, a legend and dashed vertical markers.
 
   Args:
-    lines: (label, xs, ys, rgb colour) per line; lines without points are listed as "no data".
+    lines: (label, xs, ys, rgb colour) per line; lines without points are listed as "no data";
+      a None in ys is a gap (the line is drawn in pieces around it).
     markers: (x, label) dashed vertical lines, e.g. curriculum stage starts.
 
   Returns:
@@ -101,8 +118,8 @@ def line_plot(lines: list[tuple[str, list, list, tuple]], *, title: str, xlabel:
   font, small = _font(14), _font(11)
   left, right, top, bottom = 60, width - 16, 30, height - 42
   draw.text((width // 2, 6), title, fill="black", font=font, anchor="ma")
-  xs = [x for _, px, _, _ in lines for x in px] or [0, 1]
-  ys = [y for _, _, py, _ in lines for y in py] or [0, 1]
+  xs = [x for _, px, py, _ in lines for x, y in zip(px, py) if y is not None] or [0, 1]
+  ys = [y for _, _, py, _ in lines for y in py if y is not None] or [0, 1]
   x_ticks = nice_ticks(min(0, min(xs)), max(xs))
   y_ticks = nice_ticks(min(ys), max(ys), target=6)
   x_low, x_high = x_ticks[0], x_ticks[-1]
@@ -126,17 +143,25 @@ def line_plot(lines: list[tuple[str, list, list, tuple]], *, title: str, xlabel:
       draw.line([(px, y), (px, min(y + 4, bottom))], fill=(120, 120, 120))
     draw.text((px + 3, top + 3), label, fill=(90, 90, 90), font=small)
   for label, px, py, colour in lines:
-    points = [(to_x(x), to_y(y)) for x, y in zip(px, py)]
-    if len(points) > 1:
-      draw.line(points, fill=colour, width=2, joint="curve")
-    elif points:
-      x, y = points[0]
-      draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+    pieces, points = [], []
+    for x, y in zip(px, py):
+      if y is None:   # a gap: end the current piece
+        pieces.append(points)
+        points = []
+      else:
+        points.append((to_x(x), to_y(y)))
+    for points in pieces + [points]:
+      if len(points) > 1:
+        draw.line(points, fill=colour, width=2, joint="curve")
+      elif points:
+        x, y = points[0]
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
   legend_y = top + 18
-  for label, px, _, colour in lines:
+  for label, _, py, colour in lines:
+    has_data = any(y is not None for y in py)
     draw.line([(right - 150, legend_y + 6), (right - 132, legend_y + 6)], fill=colour, width=3)
-    draw.text((right - 128, legend_y), label if px else f"{label} (no data)", fill="black",
-              font=small)
+    draw.text((right - 128, legend_y), label if has_data else f"{label} (no data)",
+              fill="black", font=small)
     legend_y += 15
   return image
 
@@ -145,18 +170,20 @@ def loss_figures(records: list[dict]) -> list[dict]:
   """Figure specs: total loss, one per task (control, estimate, joint, t2v), one per modality
   set."""
   markers = stage_starts(records)
-  total = series(records, "loss")
+  total = series(records, "loss", keep_gaps=True)
   figures = [dict(name="loss_total", title="Training loss (all tasks)",
                   lines=[("total", *total, PALETTE[0]),
-                         ("rgb tokens", *series(records, "loss/rgb", "count/rgb"), PALETTE[1])])]
+                         ("rgb tokens", *series(records, "loss/rgb", "count/rgb", True),
+                          PALETTE[1])])]
   for i, task in enumerate(constants.LOSS_TASKS):
     figures.append(dict(
         name=f"loss_task_{task}", title=f"Loss of the {task} task",
-        lines=[(task, *series(records, f"loss/task/{task}", f"count/task/{task}"),
+        lines=[(task, *series(records, f"loss/task/{task}", f"count/task/{task}", True),
                 PALETTE[i + 2]), ("total", *total, REFERENCE_GREY)]))
   figures.append(dict(
       name="loss_modalities", title="Loss per modality (modality tokens)",
-      lines=[(m, *series(records, f"loss/modality/{m}", f"count/modality/{m}"), PALETTE[i])
+      lines=[(m, *series(records, f"loss/modality/{m}", f"count/modality/{m}", True),
+              PALETTE[i])
              for i, m in enumerate(constants.MODALITIES)]))
   for figure in figures:
     figure["markers"] = markers

@@ -42,6 +42,8 @@ def format_markdown_table(results: dict, digits: int = 4) -> str:
 
 
 def _number(value, digits: int) -> str:
+  if value is None:   # a metric with no finite value (JSON null): shown as missing, not 0
+    return "–"
   if not isinstance(value, numbers.Real):
     raise ValueError(f"metric values must be numbers, got {value!r}")
   return f"{float(value):.{digits}f}"

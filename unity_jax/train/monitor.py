@@ -2,8 +2,12 @@
 
 Only process 0 writes (pass `enabled=False` elsewhere). Every step's metrics are accumulated;
 every `train.log_every` steps, at stage ends and at the end, the window means go to
-metrics.jsonl ({"step", "stage", "stage_name", "steps_per_sec", "time", metric: mean, ...})
-and TensorBoard. On a terminal a progress line (step, stage, loss, it/s, ETA) is redrawn every
+metrics.jsonl ({"step", "stage", "stage_name", "steps_per_sec", "time", "skipped_steps",
+metric: mean, ...}) and TensorBoard. Means are NaN-aware: a step skipped for a non-finite loss or
+gradient (train.nonfinite_policy="skip") is left out of them and counted in "skipped_steps"; a
+metric without one finite value in the window is `null` (JSON has no NaN), never a string.
+TensorBoard reopens with purge_step after a resume, so steps a killed run logged past its last
+checkpoint are replaced, not duplicated. On a terminal a progress line (step, stage, loss, it/s, ETA) is redrawn every
 step; otherwise a plain line is printed per logged window.
 """
 
@@ -21,6 +25,25 @@ def _record_step(line: str) -> float:
     return json.loads(line)["step"]
   except (ValueError, KeyError, TypeError):
     return float("inf")   # a line cut off by a kill: drop it
+
+
+def _finite_mean(values, counts=None) -> float | None:
+  """Mean of the finite `values` (weighted by `counts` when given, e.g. per-task sample counts);
+  None when there is none. NaN-aware: one skipped step does not poison a whole window."""
+  values = np.asarray(values, np.float64)
+  keep = np.isfinite(values)
+  if counts is not None:
+    weights = np.asarray(counts, np.float64)
+    keep &= np.isfinite(weights)
+    if not keep.any():
+      return None
+    # Per-task / per-modality losses are means over the samples that had them.
+    return float(np.dot(values[keep], weights[keep]) / max(np.sum(weights[keep]), 1.0))
+  return float(np.mean(values[keep])) if keep.any() else None
+
+
+def _or_nan(value) -> float:
+  return float("nan") if value is None else float(value)
 
 
 def format_bytes(n: float) -> str:
@@ -51,6 +74,8 @@ class Monitor:
     self._stream = stream or sys.stderr
     self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
     self._window: dict[str, list[float]] = {}
+    self._window_skipped = 0
+    self._workdir = workdir
     self._window_start = time.perf_counter()
     self._window_steps = 0
     self._run_start = None
@@ -60,8 +85,14 @@ class Monitor:
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def _open_tensorboard(self, purge_step: int | None = None):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    # Event files are named by the second they are opened in; the nanosecond suffix keeps a
+    # writer reopened within that second from overwriting the last one, and the name order
+    # (which TensorBoard reads in) the write order.
+    return SummaryWriter(os.path.join(self._workdir, "tensorboard"), purge_step=purge_step,
+                         filename_suffix=f".{time.time_ns()}")
 
   def truncate_after(self, step: int) -> None:
     """Drops metrics.jsonl records past `step` (written by a run that died after its last
@@ -73,6 +104,10 @@ class Monitor:
     with open(path, encoding="utf-8") as f:
       lines = f.readlines()
     kept = [line for line in lines if _record_step(line) <= step]
+    # Events of steps > `step` hide behind a purge marker (TensorBoard drops them on load).
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+    self._tensorboard = self._open_tensorboard(purge_step=step + 1)
     if len(kept) != len(lines):
       self._jsonl.close()
       with open(path + ".tmp", "w", encoding="utf-8") as f:
@@ -99,8 +134,11 @@ class Monitor:
     for key, value in metrics.items():
       self._window.setdefault(key, []).append(float(value))
     self._window_steps += 1
+    if metrics.get("nonfinite") or not math.isfinite(float(metrics.get("loss", 0.0))):
+      self._window_skipped += 1
     if not self._enabled:
       self._window.clear()
+      self._window_skipped = 0
       return
     if self._tty:
       self._progress(step, stage, float(metrics.get("loss", float("nan"))))
@@ -129,30 +167,34 @@ class Monitor:
     elapsed = time.perf_counter() - self._window_start
     record = {"step": step, "stage": stage, "stage_name": self._stage_names[stage],
               "steps_per_sec": self._window_steps / elapsed if elapsed > 0 else None,
-              "time": time.time()}
+              "time": time.time(), "skipped_steps": self._window_skipped}
+    if self._tensorboard is None:   # opened on first use (or by truncate_after with a purge)
+      self._tensorboard = self._open_tensorboard()
+    self._tensorboard.add_scalar("skipped_steps", self._window_skipped, step)
     for key, values in sorted(self._window.items()):
       counts = self._window.get("count/" + key[len("loss/"):]) if key.startswith("loss/") else None
-      # Per-task / per-modality losses are means over the samples that had them.
-      mean = (float(np.dot(values, counts) / max(np.sum(counts), 1.0)) if counts is not None
-              else float(np.mean(values)))
-      record[key] = mean if math.isfinite(mean) else str(mean)
-      if math.isfinite(mean):   # non-finite steps are reported by the trainer's messages
+      mean = _finite_mean(values, counts)
+      record[key] = mean   # None when no step of the window had a finite value
+      if mean is not None:
         self._tensorboard.add_scalar(key, mean, step)
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
     self._tensorboard.flush()
     if not self._tty:
-      loss = record.get("loss", float("nan"))
+      loss = _or_nan(record.get("loss"))
       rate = self._rate(step)
       eta = (self._total - step) / rate if rate == rate and rate > 0 else float("nan")
       self._stream.write(f"step {step}/{self._total} stage {stage} ({self._stage_names[stage]}) "
-                         f"loss {float(loss):.4f} grad_norm "
-                         f"{float(record.get('grad_norm', float('nan'))):.3f} lr "
-                         f"{float(record.get('lr', float('nan'))):.3g} {rate:.2f} it/s ETA "
-                         f"{format_duration(eta)}\n")
+                         f"loss {loss:.4f} grad_norm "
+                         f"{_or_nan(record.get('grad_norm')):.3f} lr "
+                         f"{_or_nan(record.get('lr')):.3g} {rate:.2f} it/s ETA "
+                         f"{format_duration(eta)}"
+                         + (f" ({self._window_skipped} skipped)" if self._window_skipped else "")
+                         + "\n")
       self._stream.flush()
     self._window.clear()
     self._window_start, self._window_steps = time.perf_counter(), 0
+    self._window_skipped = 0
 
   def close(self, step: int | None = None, stage: int | None = None) -> None:
     if step is not None and stage is not None:
