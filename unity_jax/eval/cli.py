@@ -110,9 +110,10 @@ def evaluate(args: argparse.Namespace) -> dict:
   io_utils.atomic_write_json(out, summary)   # a crash keeps the previous eval JSON whole
   print(report.format_markdown_table(summary["results"]))
   for name, check in summary["headline"].items():
+    verdict = (f"target {check['target']}: {'met' if check['met'] else 'NOT met'}"
+               if "target" in check else "reported, no target")
     print(f"{name}: model {check['model']:.4f} vs baseline {check['baseline']:.4f} "
-          f"(ratio {check['ratio']:.3f}, target {check['target']}: "
-          f"{'met' if check['met'] else 'NOT met'})")
+          f"(ratio {check['ratio']:.3f}, {verdict})")
   log(f"wrote {out}")
   if args.report:
     html_report.write_report(args.report, summary, args.workdir)
