@@ -132,7 +132,7 @@ def test_oracle_scores_perfectly_next_to_baselines(clips):
   assert video["model"]["temporal_flickering"] == pytest.approx(
       video["baselines"]["real_video"]["temporal_flickering"])
   headline = summary["headline"]
-  assert headline["depth_abs_rel"]["met"] and headline["flow_epe"]["met"]
+  assert headline["depth_abs_rel"]["met"] and headline["flow_epe"]["ratio"] == 0.0
   assert headline["depth_abs_rel"]["ratio"] < 1e-5
   assert set(summary["per_clip"]["estimate/depth"]) == {c["id"] for c in clips}
   assert summary["clips"] == {"count": 4, "ids": [c["id"] for c in clips]}
@@ -144,6 +144,21 @@ def test_oracle_scores_perfectly_next_to_baselines(clips):
   control = next(s for s in result.samples if (s.task, s.modality) == ("control", "depth"))
   assert control.panels == ("condition", "generated RGB", "re-estimated", "real RGB")
   assert control.video.dtype == np.uint8 and control.video.shape[0] == T
+
+
+def test_headline_gates_depth_and_reports_flow_beside_zero_flow():
+  results = {"estimate/depth": {"model": {"abs_rel": 0.2},
+                                "baselines": {"constant_disparity": {"abs_rel": 0.4}}},
+             "estimate/flow": {"model": {"epe": 0.4},
+                               "baselines": {"zero_flow": {"epe": 0.38}}}}
+  checks = unibench.headline(results)
+  assert checks["depth_abs_rel"]["met"] and checks["depth_abs_rel"]["target"] == "ratio <= 0.7"
+  # Flow: model, zero-flow baseline and ratio, but no target and no pass/fail.
+  assert checks["flow_epe"] == {"model": 0.4, "baseline": 0.38, "ratio": pytest.approx(0.4 / 0.38)}
+  page = html_report._headline(checks)
+  assert 'class="check met">depth_abs_rel' in page
+  assert 'class="check reported">flow_epe: model 0.4000 vs baseline 0.3800' in page
+  assert "reported, no target" in page and "not met" not in page
 
 
 def test_ground_truth_skips_what_cannot_be_scored(clips):
