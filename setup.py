@@ -35,7 +35,8 @@ setup(
         "cuda": ["jax[cuda12]>=0.10,<0.11"],
         # chex: test helpers only; pycocotools: the mask mAP parity test (not skipped in CI).
         "test": ["pytest>=8", "pytest-timeout>=2", "chex>=0.1.92,<0.2", "pycocotools>=2.0.8,<3"],
-        # Parity tests against PyTorch reference code run with random weights (never downloads).
+        # Parity tests against PyTorch reference code run with random weights (never downloads);
+        # benchmarks/peer.py times diffusers' Wan transformer under torch beside our step.
         "parity": ["torch==2.13.0", "diffusers>=0.35"],
     },
     entry_points={

@@ -1,8 +1,9 @@
 """small: the CPU benchmark size (d=256, 6 layers, 2,560 joint tokens per sample).
 
-The geometry matches the peer PyTorch reference in ENVIRONMENT.md (diffusers Wan transformer,
-d=256, 2,560 tokens) so step times compare directly.
-  python benchmarks/train_step.py --config configs/small.py
+The geometry is the one benchmarks/peer.py gives diffusers' Wan transformer under PyTorch (d=256,
+6 layers, 2,560 joint tokens per sample, batch 4), so step times compare directly:
+  python benchmarks/train_step.py --configs small     # step time, MFU-proxy, memory
+  python benchmarks/peer.py                           # unity_jax vs diffusers + torch, one run
 """
 
 from unity_jax import config as config_lib
