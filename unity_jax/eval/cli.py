@@ -1,4 +1,4 @@
-"""`unity-eval`: UniBench-synth on a trained workdir (DESIGN.md §5-6).
+"""`unity-eval`: UniBench-synth on a trained workdir (docs/evaluation.md).
 
   unity-eval --workdir runs/tiny --data data/synth [--out runs/tiny/eval/unibench_synth.json]
              [--split eval] [--clips 16] [--steps 20] [--estimate-steps 1] [--samples DIR]

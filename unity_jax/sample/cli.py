@@ -1,4 +1,4 @@
-r"""`unity-sample`: sample a trained workdir from the command line (DESIGN.md §6).
+r"""`unity-sample`: sample a trained workdir from the command line (docs/sampling.md).
 
   unity-sample --workdir runs/tiny --task joint --modality depth --prompt "a red ball" --out a.mp4
   unity-sample --workdir runs/tiny --task control --modality depth --input depth.npy \

@@ -1,4 +1,4 @@
-"""Programmatic sampling: `Pipeline` (DESIGN.md §6).
+"""Programmatic sampling: `Pipeline` (docs/sampling.md).
 
   pipe = Pipeline.from_workdir("runs/tiny")                 # latest checkpoint, EMA weights
   out = pipe.generate("a red ball rolls left", modality="depth", num_steps=50, seed=0)
