@@ -50,14 +50,46 @@ def _run(code, env):
 
 
 def test_tuned_environment_respects_user_settings_and_opt_out():
-  tuned = host_allocator.tuned_environment({"PATH": "/bin"}, platform="linux")
+  cpu = lambda environ: True
+  tuned = host_allocator.tuned_environment({"PATH": "/bin"}, platform="linux", on_cpu=cpu)
   assert tuned == {"PATH": "/bin", "GLIBC_TUNABLES": host_allocator.TUNABLES}
   assert host_allocator.tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
-                                          platform="linux") is None
+                                          platform="linux", on_cpu=cpu) is None
   for off in ("0", "false", "OFF", "no"):
-    assert host_allocator.tuned_environment({host_allocator.OPT_OUT: off}, "linux") is None
-  assert host_allocator.tuned_environment({host_allocator.OPT_OUT: "1"}, "linux") is not None
-  assert host_allocator.tuned_environment({}, platform="darwin") is None
+    assert host_allocator.tuned_environment({host_allocator.OPT_OUT: off}, "linux", cpu) is None
+  assert host_allocator.tuned_environment({host_allocator.OPT_OUT: "1"}, "linux", cpu)
+  assert host_allocator.tuned_environment({}, platform="darwin", on_cpu=cpu) is None
+
+
+def test_tuning_applies_only_to_cpu_runs_unless_forced():
+  accelerator = lambda environ: False
+  assert host_allocator.tuned_environment({}, "linux", on_cpu=accelerator) is None
+  forced = host_allocator.tuned_environment({host_allocator.OPT_OUT: "1"}, "linux", accelerator)
+  assert forced["GLIBC_TUNABLES"] == host_allocator.TUNABLES
+
+
+@pytest.mark.parametrize("environ, installed, cpu", [
+    ({"JAX_PLATFORMS": "cpu"}, {"libtpu"}, True),          # the user asks for CPU
+    ({"JAX_PLATFORMS": " CPU ,tpu"}, set(), True),
+    ({"JAX_PLATFORMS": "tpu"}, set(), False),
+    ({"JAX_PLATFORMS": "cuda,cpu"}, set(), False),          # cuda first: jax's default backend
+    ({}, set(), True),                                      # no accelerator plugin installed
+    ({"JAX_PLATFORMS": ""}, set(), True),
+    ({}, {"libtpu"}, False),                                # jax[tpu]
+    ({}, {"jax_plugins"}, False),                           # jax[cuda12] and other PJRT plugins
+])
+def test_runs_on_cpu_from_environment_and_installed_plugins(environ, installed, cpu):
+  assert host_allocator.runs_on_cpu(environ, installed.__contains__) is cpu
+
+
+def test_runs_on_cpu_matches_this_environment_without_importing_jax():
+  probe = ("import sys; from unity_jax import host_allocator; "
+           "print(host_allocator.runs_on_cpu(), 'jax' in sys.modules)")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  on_cpu, imported = _run(probe, env)[0].split()
+  assert imported == "False"
+  import jax  # noqa: PLC0415  (compared after the probe, which must not need it)
+  assert on_cpu == str(jax.default_backend() == "cpu")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables are Linux-only")

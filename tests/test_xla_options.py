@@ -2,6 +2,7 @@
 are really compiled with them (CPU dots outside YNNPACK fusions, the same numbers)."""
 
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,16 @@ def test_options_per_platform_opt_out_and_user_flags():
   assert xla_options.compiler_options("cpu", user_flag) == {}
   with pytest.raises(ValueError, match=r"UNITY_JAX_CPU_DOTS='mkl'.*'eigen'.*'ynnpack'"):
     xla_options.compiler_options("cpu", {"UNITY_JAX_CPU_DOTS": "mkl"})
+
+
+def test_for_mesh_follows_the_mesh_platform():
+  # The options reach only CPU compiles: a TPU or GPU mesh gets XLA's defaults.
+  fake_mesh = lambda platform: types.SimpleNamespace(
+      devices=np.array([types.SimpleNamespace(platform=platform)]))
+  assert xla_options.for_mesh(fake_mesh("tpu")) == {}
+  assert xla_options.for_mesh(fake_mesh("gpu")) == {}
+  cpu_mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")[:1]), ("data",))
+  assert xla_options.for_mesh(cpu_mesh) == xla_options.compiler_options("cpu")
 
 
 def test_cpu_options_move_dots_out_of_ynnpack_with_the_same_result():

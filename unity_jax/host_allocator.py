@@ -14,14 +14,19 @@ getrusage on a 2-core EPYC, two alternating runs per setting, 3 timed steps each
 - with it, 0 faults and 7.8-9.2 s per step (tiny: 0.63-0.70 s against 0.63-0.88 s).
 
 glibc reads GLIBC_TUNABLES only when the process starts, so `maybe_reexec` replaces the process
-(same PID, same arguments) once, before anything heavy is imported. Set
-UNITY_JAX_MALLOC_TUNING=0 to keep the default allocator; a GLIBC_TUNABLES you set yourself is
-left as it is.
+(same PID, same arguments) once, before anything heavy is imported. That is before jax is
+imported, so the backend is judged without it (`runs_on_cpu`): the tuning applies when
+JAX_PLATFORMS names cpu first, or when it is unset and no accelerator plugin is installed (no
+`libtpu`, no `jax_plugins` package: jax[tpu] and jax[cuda12] install those). On TPU or GPU hosts
+the large buffers live on the device and the host keeps glibc's defaults. Set
+UNITY_JAX_MALLOC_TUNING=0 to keep the default allocator, =1 to tune it on any backend; a
+GLIBC_TUNABLES you set yourself is left as it is.
 """
 
+import importlib.util
 import os
 import sys
-from typing import Mapping
+from typing import Callable, Mapping
 
 TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:"
             "glibc.malloc.trim_threshold=68719476736:glibc.malloc.arena_max=1")
@@ -30,15 +35,42 @@ arena for all threads (per-thread arenas are unmapped when they empty)."""
 OPT_OUT = "UNITY_JAX_MALLOC_TUNING"
 
 
-def tuned_environment(environ: Mapping[str, str], platform: str = sys.platform) -> dict | None:
+ACCELERATOR_MODULES = ("libtpu", "jax_plugins")
+"""Installed by jax[tpu] (libtpu) and by the PJRT plugins of jax[cuda12], ROCm, Metal
+(namespace package jax_plugins)."""
+
+
+def _installed(module: str) -> bool:
+  return importlib.util.find_spec(module) is not None
+
+
+def runs_on_cpu(environ: Mapping[str, str] = os.environ,
+                installed: Callable[[str], bool] = _installed) -> bool:
+  """Whether jax will run this process on CPU, decided without importing jax.
+
+  JAX_PLATFORMS, when set, is the list jax tries in order: CPU if "cpu" comes first. Unset, jax
+  picks an accelerator when a plugin for one is installed, so CPU when none is.
+  """
+  platforms = [p.strip().lower() for p in environ.get("JAX_PLATFORMS", "").split(",")]
+  if platforms[0]:
+    return platforms[0] == "cpu"
+  return not any(installed(module) for module in ACCELERATOR_MODULES)
+
+
+def tuned_environment(environ: Mapping[str, str], platform: str = sys.platform,
+                      on_cpu: Callable[[Mapping[str, str]], bool] = runs_on_cpu) -> dict | None:
   """The environment to re-execute with, or None when nothing should change.
 
   Nothing changes off Linux, when GLIBC_TUNABLES is already set (by the user, or by an earlier
-  re-exec), or when UNITY_JAX_MALLOC_TUNING is 0/false/off.
+  re-exec), when UNITY_JAX_MALLOC_TUNING is 0/false/off/no, or when jax will not run on CPU
+  (`on_cpu`) and UNITY_JAX_MALLOC_TUNING is not set to force it.
   """
   if not platform.startswith("linux") or "GLIBC_TUNABLES" in environ:
     return None
-  if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "off", "no"):
+  choice = environ.get(OPT_OUT, "").strip().lower()
+  if choice in ("0", "false", "off", "no"):
+    return None
+  if not choice and not on_cpu(environ):
     return None
   return {**environ, "GLIBC_TUNABLES": TUNABLES}
 
