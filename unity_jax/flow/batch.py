@@ -20,16 +20,30 @@ PIPELINE_KEYS = ("rgb", "modality_video", "modality_id", "source_id", "task_id",
 
 
 def to_latent_batch(batch: dict, codec) -> dict:
-  """Encodes videos with `codec` (traceable under jit) and nests text fields."""
+  """Encodes videos with `codec` (traceable under jit) and nests text fields.
+
+  RGB and modality videos go through the codec as one batch of 2B clips: a VAE codec then
+  appears once in the compiled step instead of twice (half the compile time).
+  """
+  size = batch["rgb"].shape[0]
+  latents = codec.encode(_concatenate([batch["rgb"], batch["modality_video"]]))
   return dict(
-      rgb=codec.encode(batch["rgb"]),
-      modality=codec.encode(batch["modality_video"])[:, None],
+      rgb=latents[:size],
+      modality=latents[size:][:, None],
       modality_id=batch["modality_id"][:, None],
       task_id=batch["task_id"],
       source_id=batch["source_id"],
       caption={"tokens": batch["caption_tokens"], "mask": batch["caption_mask"]},
       prompt={"tokens": batch["modality_prompt_tokens"][:, None],
               "mask": batch["modality_prompt_mask"][:, None]})
+
+
+def _concatenate(arrays):
+  """np.concatenate for numpy inputs (the host path stays numpy), jnp otherwise."""
+  if all(isinstance(a, np.ndarray) for a in arrays):
+    return np.concatenate(arrays)
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.concatenate(arrays)
 
 
 def random_pipeline_batch(config, batch_size: int, seed: int, *, rgb_only_fraction=0.0):

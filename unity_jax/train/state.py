@@ -48,10 +48,15 @@ def init_keys(config):
   return params_key, train_key
 
 
-def init_state(config, optimizer: optax.GradientTransformation) -> TrainState:
-  """A fresh state at step 0, stage 0 (traceable: jit it with out_shardings)."""
+def init_state(config, optimizer: optax.GradientTransformation, params=None) -> TrainState:
+  """A fresh state at step 0, stage 0 (traceable: jit it with out_shardings).
+
+  params: starting parameters (e.g. imported from a pretrained checkpoint), or None for the
+  model's random initialisation from config.seed.
+  """
   params_key, train_key = init_keys(config)
-  params = model_lib.init_params(config, params_key)
+  if params is None:
+    params = model_lib.init_params(config, params_key)
   zero = jnp.zeros((), jnp.int32)
   return TrainState(
       step=zero, stage=zero, rng=jax.random.key_data(train_key), params=params,
@@ -87,10 +92,17 @@ def abstract_state(config, mesh, optimizer) -> tuple[TrainState, TrainState]:
   return abstract, shardings
 
 
-def create_state(config, mesh, optimizer, shardings: TrainState) -> TrainState:
-  """Initialises the state directly into its shardings (no host copy of the full params)."""
+def create_state(config, mesh, optimizer, shardings: TrainState, params=None) -> TrainState:
+  """Initialises the state directly into its shardings (no host copy of the full params).
+
+  params: optional starting parameters already placed in shardings.params (wan.load_transformer
+  does that); the optimizer state and EMA are built around them on device.
+  """
   with jax.set_mesh(mesh):
-    return jax.jit(lambda: init_state(config, optimizer), out_shardings=shardings)()
+    if params is None:
+      return jax.jit(lambda: init_state(config, optimizer), out_shardings=shardings)()
+    return jax.jit(lambda p: init_state(config, optimizer, p), in_shardings=(shardings.params,),
+                   out_shardings=shardings)(params)
 
 
 def reset_optimizer(state: TrainState, optimizer) -> TrainState:

@@ -149,7 +149,7 @@ class Trainer:
     latest = self.checkpointer.latest_step()
     if latest is None:
       state = state_lib.create_state(self.config, self.mesh, self.optimizer,
-                                     self.state_shardings)
+                                     self.state_shardings, self._pretrained_params())
       return state, self._make_source(0), 0
     meta = self.checkpointer.read_meta(latest)
     stage = curriculum.stage_of(self.config, latest)
@@ -161,6 +161,18 @@ class Trainer:
     self.monitor.info(f"resumed from {self.checkpointer.directory}/{latest} (stage "
                       f"{meta['stage']})")
     return state, source, stage
+
+  def _pretrained_params(self):
+    """config.init.transformer's weights on the params' shardings (RGB path imported, the
+    UnityVideo extension initialised from it; docs/wan.md), or None for random weights."""
+    directory = self.config.init.transformer
+    if not directory:
+      return None
+    from unity_jax import wan  # pylint: disable=g-import-not-at-top
+    params = wan.load_transformer(directory, self.config, mesh=self.mesh,
+                                  rng=state_lib.init_keys(self.config)[0])
+    self.monitor.info(f"initialised from the Wan transformer in {directory}")
+    return params
 
   def _global_batch(self, local: dict) -> dict:
     expected = self._batch_abstract
