@@ -301,7 +301,8 @@ def param_shapes(cfg: VAEConfig) -> dict:
           "post_quant_conv": _conv_shapes(1, 1, 1, cfg.z_dim, cfg.z_dim)}
 
 
-def _is_shape(x):
+def is_shape_leaf(x):
+  """Leaves of `param_shapes` trees are shape tuples (tree utilities would descend into them)."""
   return isinstance(x, tuple)
 
 
@@ -317,7 +318,7 @@ def init_params(cfg: VAEConfig, key: int = 0, scale: float = 1.0) -> dict:
     noise = (0.1 * scale * rng.standard_normal(shape)).astype(np.float32)
     return 1.0 + noise if path[-1].key == "gamma" else noise
 
-  return jax.tree_util.tree_map_with_path(draw, param_shapes(cfg), is_leaf=_is_shape)
+  return jax.tree_util.tree_map_with_path(draw, param_shapes(cfg), is_leaf=is_shape_leaf)
 
 
 # ------------------------------------------------------------------------ encoder / decoder ---

@@ -92,7 +92,7 @@ def _to_jax(array: np.ndarray, leaf: str) -> np.ndarray:
 def expected_tensors(cfg: vae_lib.VAEConfig) -> dict[str, tuple[tuple, tuple]]:
   """{diffusers key: (JAX path, diffusers shape)} of every tensor `cfg` needs."""
   flat, _ = jax.tree_util.tree_flatten_with_path(vae_lib.param_shapes(cfg),
-                                                 is_leaf=vae_lib._is_shape)  # pylint: disable=protected-access
+                                                 is_leaf=vae_lib.is_shape_leaf)
   out = {}
   for key_path, shape in flat:
     path = tuple(k.key for k in key_path)
