@@ -183,3 +183,12 @@ def test_config_sets_the_geometry(dataset, tmp_path, capsys):
                    "--out", str(out)]) == 0
   assert json.loads(capsys.readouterr().out.splitlines()[0])["written"] == 1
   assert OpenUniReader(str(out)).source("train", "general")[0]["rgb"].shape == (5, 16, 16, 3)
+
+
+def test_reports_captions_longer_than_caption_len(dataset, tmp_path, capsys):
+  manifest = _write_csv(dataset / "manifest.csv", [_row("a", prompt="x" * 400), _row("b")])
+  assert _convert("--manifest", manifest, "--out", tmp_path / "o") == 0
+  out, err = capsys.readouterr()
+  long = json.loads(out.splitlines()[0])["long_captions"]
+  assert long == {"caption_len": 320, "count": 1, "max_tokens": 402, "rows": [1]}
+  assert "1 caption(s) are longer than data.caption_len=320" in err

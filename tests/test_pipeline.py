@@ -112,6 +112,8 @@ def test_batch_contract():
   batch = dict(batch)
   skipped = batch.pop(examples.SKIPPED_KEY)
   assert skipped.tolist() == [0] * 8
+  # prompt_len 16 cuts every modality prompt; the 19-token caption fits caption_len 24.
+  np.testing.assert_array_equal(batch.pop(examples.TRUNCATED_KEY), [[0, 1]] * 8)
   expected = {
       "rgb": (np.uint8, (8, T, H, W, 3)), "modality_video": (np.uint8, (8, T, H, W, 3)),
       "modality_id": (np.int32, (8,)), "source_id": (np.int32, (8,)),
@@ -412,6 +414,13 @@ def test_inspect_prints_counts_and_writes_contact_sheet(openuni_dir, tmp_path):
     assert line["source"] == {s: 2 for s in constants.SOURCES}
     assert sum(line["modality"].values()) == sum(line["task"].values()) == 8
   assert lines[3] == {"skipped_corrupt": 0}
+  # prompt_len 16 cuts every modality prompt: counted in the batches and in the data's lengths.
+  lengths = lines[4]["text_lengths"]
+  assert lengths["caption"]["truncated"] == 0 and lengths["caption"]["max_len"] == 24
+  assert lengths["prompt"]["truncated"] == lengths["prompt"]["count"] > 0
+  assert lengths["prompt"]["min"] > 16 and lengths["prompt"]["max_len"] == 16
+  assert 0 < lines[4]["truncated_in_batches"]["prompts"] <= 24
+  assert lines[4]["truncated_in_batches"]["captions"] == 0
   image = Image.open(sheet)
   scale = -(-inspect_lib.SHEET_MIN_FRAME_HEIGHT // H)
   assert image.size == (2 * T * W * scale + 6, 8 * (H * scale + 14))
@@ -421,6 +430,8 @@ def test_inspect_prints_counts_and_writes_contact_sheet(openuni_dir, tmp_path):
   text_lines = table.getvalue().splitlines()
   assert text_lines[1].startswith("batch | single_person two_person general subject_centric")
   assert text_lines[2].startswith("    0 |             2          2       2               2 |")
+  assert any(line.startswith("warning: ") and "prompts are truncated to data.prompt_len=16"
+             in line for line in text_lines)
 
 
 def test_inspect_reports_bad_input_with_exit_status_2(tmp_path, capsys):

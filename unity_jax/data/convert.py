@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -301,15 +302,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "written": writer.entry["num_records"], "converted": converted,
             "resumed": len(tasks) - len(todo), "skipped_bad": len(bad),
             "per_source": writer.entry["counts"]["source"],
+            "long_captions": long_captions(args, tasks),
             "seconds": round(time.perf_counter() - started, 2),
             "bad": sorted(bad, key=lambda b: b["row"])}
   writer_lib.atomic_write_json(os.path.join(args.out, f"convert_report_{args.split}.json"), report)
   return report
 
 
+def long_captions(args: argparse.Namespace, tasks: list[dict]) -> dict[str, Any]:
+  """Captions whose byte tokens (BOS + UTF-8 bytes + EOS, the built-in tokenizer) exceed the
+  caption_len of --config (or the base config's): training would truncate them. (With
+  precomputed caption embeddings caption_len counts umT5 tokens; bytes overcount them.)
+
+  Returns {"caption_len", "count", "max_tokens", "rows": first 20 such manifest rows}.
+  """
+  from unity_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from unity_jax.model import text  # pylint: disable=g-import-not-at-top
+  data = synth_cli.load_data_config(args) or config_lib.base_config().data
+  caption_len = int(data.caption_len)
+  lengths = [(task["row"], text.token_length(task["caption"])) for task in tasks]
+  long = [row for row, length in lengths if length > caption_len]
+  return {"caption_len": caption_len, "count": len(long),
+          "max_tokens": max((length for _, length in lengths), default=0), "rows": long[:20]}
+
+
 def main(args: argparse.Namespace) -> int:
   report = run(args)
   print(json.dumps({k: v for k, v in report.items() if k != "bad"}))
+  long = report["long_captions"]
+  if long["count"]:
+    print(f"warning: {long['count']} caption(s) are longer than data.caption_len="
+          f"{long['caption_len']} tokens (up to {long['max_tokens']}; rows {long['rows']}) and "
+          f"will be truncated in training; raise data.caption_len (and model.text_max_len)",
+          file=sys.stderr)
   for entry in report["bad"]:
     print(f"skipped row {entry['row']} ({entry['column']}: {entry['file']}): {entry['error']}")
   return 0

@@ -21,6 +21,9 @@ from unity_jax.data.schema import RecordError  # Corrupt data; the message names
 
 SKIPPED_KEY = "_skipped_corrupt"
 """Internal per-example field: corrupt records skipped to produce it (removed by BatchIterator)."""
+TRUNCATED_KEY = "_truncated_text"
+"""Internal per-example field: int32 [2], whether its caption and its modality prompt were cut
+to caption_len / prompt_len (counted and reported by BatchIterator, removed from batches)."""
 
 FLIP_SAFE_MODALITIES = ("depth", "segmentation", "flow")
 """Modalities that stay correct under a horizontal flip of the frames (flow is decoded, its
@@ -81,8 +84,10 @@ def swap_left_right(caption: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _prompt_tokens(modality: str, targets: str | None, max_len: int):
-  tokens, mask = text.tokenize([prompts.modality_prompt(modality, targets)], max_len)
-  return tokens[0], mask[0]
+  """(tokens int32 [max_len], mask bool [max_len], whether the prompt was truncated)."""
+  prompt = prompts.modality_prompt(modality, targets)
+  tokens, mask = text.tokenize([prompt], max_len)
+  return tokens[0], mask[0], bool(text.truncated([prompt], max_len)[0])
 
 
 def _describe(records: Any, source: str, record_index: int) -> str:
@@ -188,7 +193,9 @@ class ExampleBuilder:
       caption = swap_left_right(caption)
     caption_tokens, caption_mask = text.tokenize([caption], self.options.caption_len)
     targets = clip.get("segmentation_targets") if modality_name == "segmentation" else None
-    prompt_tokens, prompt_mask = _prompt_tokens(modality_name, targets, self.options.prompt_len)
+    prompt_tokens, prompt_mask, prompt_cut = _prompt_tokens(modality_name, targets,
+                                                            self.options.prompt_len)
+    caption_cut = bool(text.truncated([caption], self.options.caption_len)[0])
     return {
         "rgb": np.ascontiguousarray(rgb),
         "modality_video": np.ascontiguousarray(modality_video),
@@ -199,4 +206,5 @@ class ExampleBuilder:
         "caption_mask": caption_mask[0],
         "modality_prompt_tokens": prompt_tokens,
         "modality_prompt_mask": prompt_mask,
+        TRUNCATED_KEY: np.asarray([caption_cut, prompt_cut], np.int32),
     }

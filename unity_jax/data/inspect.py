@@ -5,13 +5,16 @@
 
 Prints per-batch counts by source, modality and task (a table, or JSON lines with --json) of
 the process-local batches `make_train_iterator` yields, and optionally writes a contact sheet
-PNG: one row per clip of the first batch, RGB frames | modality frames.
+PNG: one row per clip of the first batch, RGB frames | modality frames. Then the token-length
+distribution of the split's captions and modality prompts (min / median / max byte tokens, and
+how many are longer than, so truncated at, the config's data.caption_len / prompt_len; a
+warning when any are), and the truncations the pipeline counted in the batches read.
 """
 
 import argparse
 import json
 import sys
-from typing import Iterable, Mapping, Sequence, TextIO
+from typing import Any, Iterable, Mapping, Sequence, TextIO
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -19,7 +22,9 @@ from PIL import Image, ImageDraw
 from unity_jax import config as config_lib
 from unity_jax import constants
 from unity_jax.data import pipeline
+from unity_jax.data import prompts
 from unity_jax.data import sampling
+from unity_jax.model import text
 
 SHEET_FRAMES = 4
 SHEET_ROWS = 8
@@ -68,6 +73,56 @@ def report(batches: Iterable[Mapping[str, np.ndarray]], *, as_json: bool,
   if not as_json:
     print(format_table_row("total", totals), file=out)
   return totals
+
+
+TEXT_ONLY = ("rgb", "modalities", "gt", "latents", "caption_embedding")
+"""Record groups not decoded when reading texts: only header fields (caption, targets) remain."""
+
+
+def _distribution(lengths: Sequence[int], max_len: int) -> dict[str, Any]:
+  values = np.asarray(lengths, np.int64)
+  if not values.size:
+    return {"count": 0, "max_len": max_len, "truncated": 0}
+  return {"count": int(values.size), "min": int(values.min()),
+          "median": float(np.median(values)), "max": int(values.max()), "max_len": max_len,
+          "truncated": int(np.sum(values > max_len))}
+
+
+def text_lengths(reader: Any, split: str, caption_len: int, prompt_len: int) -> dict[str, dict]:
+  """Token lengths (text.token_length: BOS + bytes + EOS) of every caption of `split` and of the
+  modality prompt of every available (record, modality) pair, the way training tokenizes them.
+
+  Returns {"caption": stats, "prompt": stats}, stats = {"count", "min", "median", "max",
+  "max_len", "truncated"} where "truncated" counts texts longer than max_len.
+  """
+  captions, prompt_lengths = [], []
+  for source in reader.sources(split):
+    clips = reader.source(split, source, skip=TEXT_ONLY)
+    for index in range(len(clips)):
+      clip = clips[index]
+      captions.append(text.token_length(str(clip.get("caption", ""))))
+      for modality, available in clip.get("available", {}).items():
+        if available:
+          targets = clip.get("segmentation_targets") if modality == "segmentation" else None
+          prompt_lengths.append(text.token_length(prompts.modality_prompt(modality, targets)))
+  return {"caption": _distribution(captions, caption_len),
+          "prompt": _distribution(prompt_lengths, prompt_len)}
+
+
+def format_text_lengths(lengths: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """Text lines for `text_lengths` (a warning line per kind with truncated texts)."""
+  lines = []
+  for kind, key in (("caption", "caption_len"), ("prompt", "prompt_len")):
+    s = lengths[kind]
+    if not s["count"]:
+      lines.append(f"{kind} tokens: none")
+      continue
+    lines.append(f"{kind} tokens: min {s['min']} median {s['median']:g} max {s['max']} over "
+                 f"{s['count']}; {s['truncated']} longer than data.{key}={s['max_len']}")
+    if s["truncated"]:
+      lines.append(f"warning: {s['truncated']} {kind}s are truncated to data.{key}="
+                   f"{s['max_len']} tokens; raise it to >= {s['max']} (and model.text_max_len)")
+  return lines
 
 
 def contact_sheet(batch: Mapping[str, np.ndarray], *, rows: int = SHEET_ROWS,
@@ -156,13 +211,26 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
 
   try:
     report(batches(), as_json=args.json, out=out)
-    skipped = iterator.skipped_corrupt
+    state = iterator.get_state()
   finally:
     iterator.close()
+  lengths = text_lengths(data, args.split, int(config.data.caption_len),
+                         int(config.data.prompt_len))
   if args.json:
-    print(json.dumps({"skipped_corrupt": skipped}), file=out)
+    print(json.dumps({"skipped_corrupt": state["skipped_corrupt"]}), file=out)
+    print(json.dumps({"text_lengths": lengths, "truncated_in_batches": {
+        "captions": state["truncated_captions"], "prompts": state["truncated_prompts"]}}),
+          file=out)
   else:
-    print(f"skipped corrupt records: {skipped}", file=out)
+    print(f"skipped corrupt records: {state['skipped_corrupt']}", file=out)
+    print(f"truncated in these batches: {state['truncated_captions']} captions, "
+          f"{state['truncated_prompts']} prompts", file=out)
+    for line in format_text_lengths(lengths):
+      print(line, file=out)
+  if args.json:  # Keep stdout JSON; the table output holds its warning lines.
+    for line in format_text_lengths(lengths):
+      if line.startswith("warning: "):
+        print(f"unity-data inspect: {line}", file=sys.stderr)
   if args.sheet:
     contact_sheet(first_batch[0]).save(args.sheet)
     if not args.json:

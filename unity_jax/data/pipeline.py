@@ -23,6 +23,8 @@ Batch contract (numpy, process-local batch B = train.batch_size / process_count)
   task_id                 int32 [B]   index into constants.TASKS
   caption_tokens          int32 [B, Lc];  caption_mask bool [B, Lc]
   modality_prompt_tokens  int32 [B, Lm];  modality_prompt_mask bool [B, Lm]
+Texts longer than Lc / Lm (data.caption_len / prompt_len) are truncated, counted by the
+iterator (truncated_captions, truncated_prompts) and logged, never silently.
 
 Checkpointing the iterator with the train state (orbax):
   it = make_train_iterator(config, stage_index, process_index=jax.process_index(),
@@ -35,6 +37,7 @@ Checkpointing the iterator with the train state (orbax):
 `it.get_state()` / `it.set_state(state)` give the same without orbax (a JSON-able dict).
 """
 
+import logging
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
@@ -123,7 +126,8 @@ def build_batch_dataset(
 class BatchIterator(grain.DatasetIterator):
   """The training iterator: yields contract batches and counts skipped corrupt records.
 
-  Its state is {"next_batch": n, "skipped_corrupt": k}: the batch dataset is a pure function
+  Its state is {"next_batch": n, "skipped_corrupt": k, "truncated_captions": c,
+  "truncated_prompts": p}: the batch dataset is a pure function
   of the batch index, so n alone resumes it exactly, whatever the worker count before and after
   (grain's own prefetch states differ between in-process and mp_prefetch iterators). It is a
   grain DatasetIterator, so `grain.checkpoint.CheckpointSave/CheckpointRestore` accept it.
@@ -132,6 +136,9 @@ class BatchIterator(grain.DatasetIterator):
 
   Attributes:
     skipped_corrupt: corrupt records skipped so far (only with data.skip_corrupt).
+    truncated_captions, truncated_prompts: samples so far whose caption / modality prompt was
+      longer than data.caption_len / prompt_len tokens and was cut; the first batch with any
+      logs a warning (they are also in the state, and `unity-data inspect` prints them).
   """
 
   def __init__(self, batches: grain.MapDataset, *, worker_count: int = 0,
@@ -146,6 +153,8 @@ class BatchIterator(grain.DatasetIterator):
     self._stream: grain.DatasetIterator | None = None
     self._next_batch = 0
     self.skipped_corrupt = 0
+    self.truncated_captions = 0
+    self.truncated_prompts = 0
 
   def _start(self) -> None:
     ensure_absl_flags_parsed()
@@ -171,15 +180,29 @@ class BatchIterator(grain.DatasetIterator):
     batch = dict(next(self._stream))
     self._next_batch += 1
     self.skipped_corrupt += int(np.sum(batch.pop(examples.SKIPPED_KEY)))
+    captions, prompts = np.sum(batch.pop(examples.TRUNCATED_KEY), axis=0).tolist()
+    if (captions or prompts) and not (self.truncated_captions or self.truncated_prompts):
+      logging.warning(
+          "unity_jax input pipeline: batch %d has %d caption(s) longer than data.caption_len and "
+          "%d modality prompt(s) longer than data.prompt_len; they are truncated (run "
+          "`unity-data inspect` for the token lengths of the data)", self._next_batch - 1,
+          captions, prompts)
+    self.truncated_captions += int(captions)
+    self.truncated_prompts += int(prompts)
     return batch
 
   def get_state(self) -> dict[str, int]:
-    return {"next_batch": self._next_batch, "skipped_corrupt": self.skipped_corrupt}
+    return {"next_batch": self._next_batch, "skipped_corrupt": self.skipped_corrupt,
+            "truncated_captions": self.truncated_captions,
+            "truncated_prompts": self.truncated_prompts}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     self._stop()
     self._next_batch = int(state["next_batch"])
     self.skipped_corrupt = int(state["skipped_corrupt"])
+    # Absent from states saved before truncation was counted.
+    self.truncated_captions = int(state.get("truncated_captions", 0))
+    self.truncated_prompts = int(state.get("truncated_prompts", 0))
 
   def start_prefetch(self) -> None:
     if self._stream is None:

@@ -16,11 +16,23 @@ _BYTE_OFFSET = 3
 VOCAB_SIZE = 256 + _BYTE_OFFSET
 
 
+def token_length(text: str) -> int:
+  """Untruncated token count of `text`: BOS + its UTF-8 bytes + EOS."""
+  return len(text.encode("utf-8")) + 2
+
+
+def truncated(texts: Sequence[str], max_len: int) -> np.ndarray:
+  """bool [N]: which texts `tokenize(texts, max_len)` would cut (callers count and report it)."""
+  return np.asarray([token_length(t) > max_len for t in texts], bool)
+
+
 def tokenize(texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
   """Tokenizes strings into UTF-8 byte ids with BOS/EOS, padded or truncated to `max_len`.
 
   The empty string tokenizes to [BOS, EOS] — the "empty caption" used by caption dropout and
-  classifier-free guidance.
+  classifier-free guidance. Truncation keeps EOS and drops the tail bytes; it is not reported
+  here: the data pipeline, `unity-data inspect`, the converter and the sampler count it with
+  `truncated` and say so.
 
   Returns:
     tokens: int32 [N, max_len]; mask: bool [N, max_len] (True on real tokens).

@@ -15,6 +15,7 @@ data-parallel size and sharded over it. Sample i of a call with `seed=s` uses se
 
 import dataclasses
 import os
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -103,6 +104,15 @@ def _sampling_mesh(config):
     fallback.mesh.update(data=-1, fsdp=1, tensor=1, context=1)
     return mesh_lib.make_mesh(fallback)
 
+
+def _warn_if_truncated(texts: Sequence[str], max_len: int, what: str, key: str) -> None:
+  """Warns (UserWarning) when the model will see only the first max_len tokens of some texts:
+  it was trained on texts of at most that length, so the tail cannot condition the sample."""
+  cut = text_lib.truncated(texts, max_len)
+  if cut.any():
+    longest = max(text_lib.token_length(t) for t in texts)
+    warnings.warn(f"{int(cut.sum())} {what}(s) of up to {longest} tokens are truncated to the "
+                  f"checkpoint's {key}={max_len} tokens", stacklevel=3)
 
 def _as_list(value, batch: int, name: str) -> list:
   """A scalar broadcast to `batch` items, or a sequence checked to have `batch` items."""
@@ -285,6 +295,7 @@ class Pipeline:
     noise_rgb, noise_modality = self._noise(seeds, model_lib.latent_grid(self.config))
     clean = None if videos is None else np.asarray(self.codec.encode(videos), np.float32)
     inputs = {"rgb": clean if task == "estimate" else noise_rgb}
+    _warn_if_truncated(captions, d.caption_len, "caption", "data.caption_len")
     tokens, mask = text_lib.tokenize(captions, d.caption_len)
     empty_tokens, empty_mask = text_lib.tokenize([""] * batch, d.caption_len)
     inputs["caption"] = {"tokens": tokens, "mask": mask}
@@ -293,6 +304,7 @@ class Pipeline:
       stream = clean if task == "control" else noise_modality
       texts = [prompts_lib.modality_prompt(modality, t)
                for t in _as_list(targets, batch, "targets")]
+      _warn_if_truncated(texts, d.prompt_len, "modality prompt", "data.prompt_len")
       prompt_tokens, prompt_mask = text_lib.tokenize(texts, d.prompt_len)
       inputs.update(modality=stream[:, None],
                     modality_id=np.full((batch, 1), constants.modality_id(modality), np.int32),
