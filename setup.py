@@ -37,7 +37,8 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2", "chex>=0.1.92,<0.2", "pycocotools>=2.0.8,<3"],
         # Parity tests against PyTorch reference code run with random weights (never downloads);
         # benchmarks/peer.py times diffusers' Wan transformer under torch beside our step.
-        "parity": ["torch==2.13.0", "diffusers>=0.35"],
+        # accelerate: WanTransformer3DModel.from_pretrained needs it (keep-in-fp32 modules).
+        "parity": ["torch==2.13.0", "diffusers>=0.35", "accelerate>=1.0"],
     },
     entry_points={
         "console_scripts": [

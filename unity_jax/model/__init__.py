@@ -18,7 +18,9 @@ def build_model(config) -> UnityDiT:
       latent_channels=config.codec.latent_channels, num_modalities=len(constants.MODALITIES),
       patch_size=tuple(m.patch_size), freq_dim=m.freq_dim, text_encoder=m.text_encoder,
       text_dim=m.text_dim, text_layers=m.text_layers, text_heads=m.text_heads,
-      text_max_len=m.text_max_len, switcher=m.switcher, modality_embed=m.modality_embed,
+      text_max_len=m.text_max_len, switcher=m.switcher,
+      # .get: configs written before the switch existed keep the original (non-residual) form.
+      switcher_residual=bool(m.get("switcher_residual", False)), modality_embed=m.modality_embed,
       head_mode=m.head_mode, prediction=m.prediction,
       data_prediction_min_t=m.data_prediction_min_t, qk_norm=m.qk_norm, rope_theta=m.rope_theta,
       attention=m.attention, attention_chunk=m.attention_chunk, remat=m.remat,

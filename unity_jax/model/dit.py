@@ -7,8 +7,9 @@ kept stream-major ([B, G, n, D], G = 1 + S) and each carries its joint-grid posi
 
 Conditioning (paper §3.2, App. A):
 - modality-adaptive switcher: RGB tokens are modulated from t_emb(t_rgb), modality tokens from
-  MLP(L_k + t_emb(t_m)) (`switcher="adaptive"`); release variant `switcher="token_add"` adds
-  L_k to the modality tokens and modulates everything from t_emb(t).
+  MLP(L_k + t_emb(t_m)) (`switcher="adaptive"`), or t_emb(t_m) + MLP(L_k + t_emb(t_m)) with a
+  zero-initialised last layer (`switcher_residual`, for pretrained backbones); release variant
+  `switcher="token_add"` adds L_k to the modality tokens and modulates everything from t_emb(t).
 - in-context learner: dual-branch cross-attention (shared weights), RGB tokens attend the
   caption C_r, modality tokens their modality prompt C_m.
 - heads: final AdaLN + zero-initialised linear; modality head shared or one per modality.
@@ -118,10 +119,15 @@ class UnityDiT(nn.Module):
   text_heads: int = 4
   text_max_len: int = 64
   switcher: str = "adaptive"          # "adaptive" | "token_add" (release)
+  # adaptive only: cond_m = t_emb(t_m) + MLP(L_k + t_emb(t_m)), the MLP's last layer zero-init.
+  switcher_residual: bool = False
   # "shared" | "separate" (release: own patch embed + zero linear)
   modality_embed: str = "shared"
   head_mode: str = "per_modality"     # "per_modality" | "shared"
   prediction: str = "velocity"        # "velocity" | "data" (x-prediction): see data_to_velocity
+  # t_rgb / t_modality are t·timestep_scale in Wan's units; 1.0 takes Wan's 0..1000 timesteps
+  # as they are (velocity prediction only; unity_jax.wan.rgb_apply), exactly.
+  timestep_scale: float = 1000.0
   data_prediction_min_t: float = 0.05
   qk_norm: bool = True
   rope_theta: float = 10000.0
@@ -194,7 +200,8 @@ class UnityDiT(nn.Module):
     # --- Conditioning vectors per stream: cond [B, G, D].
     time_embed = layers.MLP2(self.dim, dtype=jnp.float32,
                              param_dtype=self.param_dtype, name="time_embed")
-    t_emb = lambda t: time_embed(layers.timestep_sinusoid(t, self.freq_dim))
+    t_emb = lambda t: time_embed(layers.timestep_sinusoid(t, self.freq_dim,
+                                                          scale=self.timestep_scale))
     conds = [t_emb(t_rgb)[:, None]]
     if num_streams:
       modality_table = self.param("modality_embed", nn.with_logical_partitioning(
@@ -203,9 +210,14 @@ class UnityDiT(nn.Module):
       safe_id = jnp.maximum(modality_id, 0)
       learned = modality_table[safe_id]                        # [B, S, D]
       if self.switcher == "adaptive":
-        switch = layers.MLP2(self.dim, dtype=jnp.float32, param_dtype=self.param_dtype,
-                             name="modality_switcher")
-        conds.append(switch(learned + t_emb(t_modality)))
+        switch = layers.MLP2(self.dim, zero_init_out=self.switcher_residual, dtype=jnp.float32,
+                             param_dtype=self.param_dtype, name="modality_switcher")
+        t_mod = t_emb(t_modality)
+        switched = switch(learned + t_mod)
+        # Residual form: a zero-initialised switcher leaves cond_m = t_emb(t_m), so a model
+        # imported from a pretrained RGB backbone starts with the modality stream conditioned
+        # exactly like the backbone at t_m (docs/wan.md).
+        conds.append(t_mod + switched if self.switcher_residual else switched)
       else:  # "token_add": L_k added to the tokens, modulation from the (shared) timestep.
         x = x.at[:, 1:].add(learned[:, :, None, :].astype(x.dtype))
         conds.append(t_emb(t_modality))

@@ -183,11 +183,16 @@ class DiTBlock(nn.Module):
     return constrain(x, ACT_TOKENS)
 
 
-def timestep_sinusoid(t, dim: int, max_period: float = 10000.0):
-  """Sinusoidal embedding of t in [0, 1] (scaled to [0, 1000] as in Wan). [...] -> [..., dim]."""
+def timestep_sinusoid(t, dim: int, max_period: float = 10000.0, scale: float = 1000.0):
+  """Sinusoidal embedding of t in [0, 1] (scaled to [0, 1000] as in Wan). [...] -> [..., dim].
+
+  scale=1 embeds a timestep already in Wan's 0..1000 units exactly (T/1000·1000 is not always
+  T in float32, and the sinusoid's fastest frequency turns that ulp into an output error).
+  """
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = (t.astype(jnp.float32) * 1000.0)[..., None] * freqs
+  t = t.astype(jnp.float32)
+  args = (t if scale == 1.0 else t * scale)[..., None] * freqs
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
@@ -198,6 +203,7 @@ class MLP2(nn.Module):
   """
   features: int
   act: str = "silu"
+  zero_init_out: bool = False         # fc2 starts at zero (a residual branch that starts off)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -206,4 +212,5 @@ class MLP2(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = dense(self.features, ("embed", "mlp"), name="fc1", **kw)(x)
     x = nn.silu(x) if self.act == "silu" else nn.gelu(x, approximate=True)
-    return dense(self.features, ("mlp", "embed"), name="fc2", **kw)(x)
+    return dense(self.features, ("mlp", "embed"), name="fc2", zero_init=self.zero_init_out,
+                 **kw)(x)
