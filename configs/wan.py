@@ -7,15 +7,16 @@ sets the codec; docs/wan.md says where the weights come from):
 Everything else is the large presets' recipe (precomputed umT5 captions, bf16, FSDP, shift 5,
 lr 5e-5 with 10x on the modality parameters, EMA 0.9999, the paper's two stages).
 
-Smoke (< 2 minutes on a CPU): a tiny DiT from random weights trained 20 steps on 9-frame 64x64
-synthetic clips through a real Wan VAE architecture (random weights, made locally with
+Smoke (about 2 minutes on a CPU): a tiny DiT from random weights trained 20 steps on 5-frame
+32x32 synthetic clips through a real Wan VAE architecture (random weights, made locally with
 diffusers: the `parity` extra). The loss falls, and `unity-sample` decodes through the VAE:
   python -m unity_jax.wan.random_checkpoint --out /tmp/wan_random --vae 2.1
   unity-data synth --config configs/wan.py:smoke --out /tmp/wan_data --clips 32
   unity-train --config configs/wan.py:smoke --workdir /tmp/wan_smoke \
       --config.codec.weights=/tmp/wan_random/vae --config.data.dir=/tmp/wan_data
-`smoke,vae=2.2` does the same with the Wan2.2 VAE (48 channels, stride 4x16x16;
-random_checkpoint --vae 2.2).
+`smoke,vae=2.2` does the same with the Wan2.2 VAE (48 channels, stride 4x16x16, 64x64 clips;
+random_checkpoint --vae 2.2). Adding --config.init.transformer=/tmp/wan_random/transformer
+starts the DiT from the random Wan transformer instead (its geometry is the smoke DiT's).
 """
 
 import ml_collections
@@ -44,8 +45,11 @@ def smoke_config(generation: str):
   if codec not in config_lib.WAN_CODECS:
     raise config_lib.ConfigError(f"configs/wan.py: vae={generation!r}; expected 2.1 or 2.2")
   config.codec = ml_collections.ConfigDict(config_lib.WAN_CODECS[codec])
-  # 9 frames -> 3 latent frames; 64x64 pixels -> 8x8 (2.1) or 4x4 (2.2) latents.
-  config.data.update(num_frames=9, height=64, width=64)
+  # 5 frames -> 2 latent frames; 32x32 (2.1) or 64x64 (2.2) pixels -> 4x4 latents. The VAE
+  # encodes every clip inside the train step, and on a CPU that is most of the step's time.
+  size = 32 if generation == "2.1" else 64
+  config.data.update(num_frames=5, height=size, width=size)
+  config.train.batch_size = 4
   config.train.update(lr=3e-3, warmup_steps=2, log_every=5)
   return config
 
