@@ -1,7 +1,8 @@
-"""Codec speed: the JAX Wan VAE (unity_jax/wan/vae*.py) against diffusers' AutoencoderKLWan.
+"""Wan interop speed: the JAX Wan VAE against diffusers' AutoencoderKLWan, and the import of a
+1.3B-geometry transformer checkpoint (time and peak host memory).
 
-  python benchmarks/codec.py [--generation wan2.1|wan2.2|both] [--repeats 3] [--frames 9]
-                             [--height 64] [--width 96] [--base-dim 32]
+  python benchmarks/codec.py [--sections vae,import] [--generation wan2.1|wan2.2|both]
+                             [--repeats 3] [--frames 9] [--height 64] [--width 96] [--base-dim 32]
 
 Sections (main() runs each in turn):
   vae   one random diffusers AutoencoderKLWan (the released block structure, narrower:
@@ -11,6 +12,10 @@ Sections (main() runs each in turn):
         JAX: jitted chunked encode/decode (compile excluded: one warm-up call); torch: float32,
         2 threads, no_grad. Prints clips/s (1 / median wall time over --repeats calls) for
         both and the ratio JAX / torch.
+  import  benchmarks/wan_import.py: a random bf16 checkpoint of the Wan2.1-T2V-1.3B geometry
+        written in the diffusers layout (2.8 GB in /tmp, removed afterwards), imported with
+        wan.load_transformer in a fresh process; prints import seconds and peak RSS beside
+        the fp32 model size.
 torch and diffusers come from the optional `parity` extra; without them the JAX numbers are
 printed alone with a message saying so.
 """
@@ -130,6 +135,8 @@ def vae_section(args) -> None:
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--sections", default="vae,import",
+                      help="comma-separated sections to run: vae, import")
   parser.add_argument("--generation", default="both", choices=("wan2.1", "wan2.2", "both"))
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--frames", type=int, default=9)
@@ -138,7 +145,16 @@ def main(argv=None) -> None:
   parser.add_argument("--base-dim", type=int, default=32)
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs")
-  vae_section(args)
+  sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+  unknown = sections - {"vae", "import"}
+  if unknown:
+    parser.error(f"--sections: unknown {sorted(unknown)}; expected vae and/or import")
+  if "vae" in sections:
+    vae_section(args)
+  if "import" in sections:
+    import wan_import  # pylint: disable=g-import-not-at-top  (benchmarks/wan_import.py)
+    print("== import: Wan2.1-T2V-1.3B geometry, random bf16 weights ==")
+    wan_import.main([])
 
 
 if __name__ == "__main__":
