@@ -14,20 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=[],
-                   meta_fields=["spatial_stride", "temporal_stride"])
-@dataclasses.dataclass(frozen=True)
-class PixelCodec:
-  """Space-to-depth codec: exact inverse, C = 3 · temporal_stride · spatial_stride².
-
-  A pytree without leaves, so it can be passed to jitted functions like the Wan VAE codec.
-  """
-  spatial_stride: int = 4
-  temporal_stride: int = 4
-
-  @property
-  def latent_channels(self) -> int:
-    return 3 * self.temporal_stride * self.spatial_stride ** 2
+class StridedCodec:
+  """The shape rules every codec shares: Wan's causal 1 + k·temporal_stride frames and frames
+  divisible by spatial_stride. Subclasses define `name`, `spatial_stride`, `temporal_stride`,
+  `latent_channels`, `encode` and `decode`."""
 
   def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
     """(F', H', W', C) for a video of `frames` x `height` x `width`; validates divisibility."""
@@ -36,11 +26,35 @@ class PixelCodec:
     return 1 + (frames - 1) // ts, height // s, width // s, self.latent_channels
 
   def check_video_shape(self, frames: int, height: int, width: int) -> None:
-    if (frames - 1) % self.temporal_stride:
-      raise ValueError(f"frames={frames} must be 1 + k*{self.temporal_stride} for this codec")
+    if frames < 1 or (frames - 1) % self.temporal_stride:
+      raise ValueError(f"frames={frames} must be 1 + k*{self.temporal_stride} for the "
+                       f"{self.name} codec")
     for name, size in (("height", height), ("width", width)):
       if size % self.spatial_stride:
-        raise ValueError(f"{name}={size} must be divisible by {self.spatial_stride}")
+        raise ValueError(f"{name}={size} must be divisible by {self.spatial_stride} for the "
+                         f"{self.name} codec")
+
+  @staticmethod
+  def to_uint8(video):
+    """float [-1, 1] -> uint8 [0, 255] with rounding and clipping."""
+    return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=[],
+                   meta_fields=["spatial_stride", "temporal_stride"])
+@dataclasses.dataclass(frozen=True)
+class PixelCodec(StridedCodec):
+  """Space-to-depth codec: exact inverse, C = 3 · temporal_stride · spatial_stride².
+
+  A pytree without leaves, so it can be passed to jitted functions like the Wan VAE codec.
+  """
+  spatial_stride: int = 4
+  temporal_stride: int = 4
+  name = "pixel"
+
+  @property
+  def latent_channels(self) -> int:
+    return 3 * self.temporal_stride * self.spatial_stride ** 2
 
   def encode(self, video):
     """uint8 or float [B, T, H, W, 3] (uint8 in [0,255]) -> float32 [B, F', H', W', C] in [-1,1]."""
@@ -65,11 +79,6 @@ class PixelCodec:
     # Frame 0 was repeated ts times; average the copies (exact for encoded inputs).
     first = x[:, :ts].mean(axis=1, keepdims=True)
     return xp.concatenate([first, x[:, ts:]], axis=1).astype(xp.float32)
-
-  @staticmethod
-  def to_uint8(video):
-    """float [-1, 1] -> uint8 [0, 255] with rounding and clipping."""
-    return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def make_codec(config):

@@ -35,6 +35,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from unity_jax.model import codec as codec_lib
 from unity_jax.wan import vae as vae_lib
 from unity_jax.wan import vae_weights
 from unity_jax.wan.safetensors_io import CheckpointError
@@ -153,7 +154,7 @@ def decode_pixels(params, latents, cfg, tiling=None, mesh=None, chunked=True):
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
                    meta_fields=["config", "tiling"])
 @dataclasses.dataclass(frozen=True)
-class WanVAECodec:
+class WanVAECodec(codec_lib.StridedCodec):
   """Wan VAE codec: uint8 videos [B, T, H, W, 3] <-> normalised latents [B, F', H', W', C].
 
   tiling: None, or (tile, overlap) in latent pixels for spatially tiled encode and decode.
@@ -178,20 +179,6 @@ class WanVAECodec:
   def temporal_stride(self) -> int:
     return self.config.temporal_stride
 
-  def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-    """(F', H', W', C) for a video of `frames` x `height` x `width`; validates divisibility."""
-    self.check_video_shape(frames, height, width)
-    s, ts = self.spatial_stride, self.temporal_stride
-    return 1 + (frames - 1) // ts, height // s, width // s, self.latent_channels
-
-  def check_video_shape(self, frames: int, height: int, width: int) -> None:
-    if frames < 1 or (frames - 1) % self.temporal_stride:
-      raise ValueError(f"frames={frames} must be 1 + k*{self.temporal_stride} for {self.name}")
-    for name, size in (("height", height), ("width", width)):
-      if size % self.spatial_stride:
-        raise ValueError(f"{name}={size} must be divisible by {self.spatial_stride} for "
-                         f"{self.name}")
-
   def encode(self, video, mesh=None):
     """uint8 or float [B, T, H, W, 3] on the [0, 255] scale -> float32 normalised latents
     [B, F', H', W', C] (posterior mean). Traceable under jit."""
@@ -202,12 +189,6 @@ class WanVAECodec:
   def decode(self, latents, mesh=None):
     """float [B, F', H', W', C] normalised latents -> float32 [B, T, H, W, 3] in [-1, 1]."""
     return decode_pixels(self.params, jnp.asarray(latents), self.config, self.tiling, mesh)
-
-  @staticmethod
-  def to_uint8(video):
-    """float [-1, 1] -> uint8 [0, 255] with rounding and clipping."""
-    video = np.asarray(video, np.float32)
-    return np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def load_vae(vae_dir: str, tiling: tuple | None = None) -> WanVAECodec:
