@@ -118,9 +118,14 @@ phase "4/5 sampling every task x modality and scoring on UniBench-synth (${EVAL_
     --samples "${RUN}/report_files/samples"
 
 # ---- 5. Report ---------------------------------------------------------------------------------
-phase "5/5 HTML report"
+phase "5/5 HTML report and contact sheet"
 "${PY}" -m unity_jax.eval.html_report --eval "${RUN}/eval/unibench_synth.json" \
     --workdir "${RUN}" --out "${RUN}/report.html" > /dev/null
+# One PNG a newcomer can read without a video player: per eval source, depth estimated from the
+# clip beside the truth, and RGB + depth generated from the clip's caption alone.
+"${PY}" -m unity_jax.eval.contact_sheet --workdir "${RUN}" --data "${DATA}" \
+    --steps "${SAMPLE_STEPS}" --out "${RUN}/contact_sheet.png"
 phase "done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s;" \
       "load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 echo "report: $(cd "$(dirname "${RUN}")" && pwd)/$(basename "${RUN}")/report.html"
+echo "contact sheet: $(cd "$(dirname "${RUN}")" && pwd)/$(basename "${RUN}")/contact_sheet.png"
