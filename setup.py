@@ -9,8 +9,8 @@ CORE = [
     "orbax-checkpoint>=0.12.8,<0.13",
     "grain>=0.2.18,<0.3",
     "array_record>=0.8,<0.9",
-    # tensorstore is not listed: nothing here imports it yet and orbax-checkpoint installs it;
-    # declare it with the code that does (the zarr3 store of precomputed latents).
+    # zarr v3 store of precomputed latents/embeddings (unity_jax/data/precompute.py).
+    "tensorstore>=0.1.70",
     "ml-collections>=1.1,<2",
     "tensorflow-datasets>=4.9.10,<5",
     "absl-py>=2",

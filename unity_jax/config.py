@@ -29,6 +29,8 @@ ENUMS = {
     "objective.timestep_sampling": ("uniform", "logit_normal"),
     "objective.timesteps": ("independent", "shared"),
     "data.no_modality": ("rgb_only", "drop"),
+    "text.encoder": ("umt5", "fake"),
+    "precompute.dtype": ("float32", "bfloat16"),
 }
 MESH_AXES = ("data", "fsdp", "tensor", "context")
 
@@ -82,6 +84,13 @@ def base_config() -> ml_collections.ConfigDict:
   # path (docs/wan.md); require_pretrained: the config is a fine-tune and refuses to start
   # from random weights.
   c.init = dict(transformer="", require_pretrained=False)
+  # text: the encoder `unity-data precompute` runs when model.text_encoder="precomputed"
+  # (unity_jax/data/text_encoders.py): "umt5" from encoder_dir + tokenizer_path, or "fake"
+  # (deterministic byte-token embeddings, tests). precompute: stored dtype of latents and text
+  # embeddings (float32 keeps pixel-codec latents bitwise equal to encoding on the fly), and
+  # videos per local device per encode call (fixed, so results do not depend on the process count).
+  c.text = dict(encoder="umt5", encoder_dir="", tokenizer_path="")
+  c.precompute = dict(dtype="float32", batch_per_device=1)
   # Byte-token lengths (BOS + UTF-8 bytes + EOS) that fit the synthetic world's texts with a
   # margin: captions are <= 302 tokens (median ~174), segmentation prompts naming their targets
   # <= 145 (`unity-data inspect` reports the distribution; longer texts are truncated, counted).
@@ -264,6 +273,7 @@ DOMAINS = {
                      "mesh axis sizes must be integers >= 1 (or -1 for the rest)")
        for a in MESH_AXES},
     "train.batch_size": _AT_LEAST_1,
+    "precompute.batch_per_device": _AT_LEAST_1,
     "train.carry_optimizer_across_stages": _BOOL,
 }
 

@@ -9,6 +9,8 @@
 (explicit --frames/--size must agree with it), so inspect and training with it read the data.
   unity-data inspect --data DIR --config CFG [--batches K] [--json]
   unity-data export-tfds --data DIR --out TFDS_DIR [--config clips|clips_with_gt]
+  unity-data precompute --data DIR --config CFG [--out DIR|URL] [--split S] [--skip-bad]
+                     [--config.KEY=VALUE ...]   (codec latents + text embeddings, tensorstore)
 
 Exit status: 0 on success, 2 on bad arguments or bad input data (the message says what).
 """
@@ -33,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
       "convert", help="convert real videos + modality videos + captions to OpenUni shards"))
   commands.add_parser("inspect", help="per-batch source/modality/task counts (see --help)",
                       add_help=False)
+  commands.add_parser("precompute", help="codec latents and text embeddings into tensorstore "
+                      "zarr arrays (see --help)", add_help=False)
   export = commands.add_parser("export-tfds", help="build the tensorflow-datasets builder "
                                "open_uni/<config> from an OpenUni directory")
   export.add_argument("--data", required=True, help="OpenUni data directory")
@@ -65,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "inspect":  # Its own parser owns every flag after the subcommand.
     return _inspect(argv[1:])
+  if argv and argv[0] == "precompute":  # Its own parser (+ --config.KEY=VALUE overrides).
+    from unity_jax.data import precompute  # pylint: disable=g-import-not-at-top
+    return precompute.main(argv[1:])
   args = _parser().parse_args(argv)
   from unity_jax.data import convert  # pylint: disable=g-import-not-at-top
   from unity_jax.data.schema import RecordError  # pylint: disable=g-import-not-at-top

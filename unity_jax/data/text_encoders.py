@@ -1,0 +1,88 @@
+"""Text-encoder hooks for `unity-data precompute`: texts -> padded embeddings + lengths.
+
+A hook is any callable
+
+  encode(texts: Sequence[str], length: int) -> (embeddings float32 [N, length, D],
+                                                lengths int32 [N])
+
+whose row n depends only on texts[n] (never on the other texts of the call, so the stored bytes
+do not depend on how clips were grouped or on the process count). Positions at and beyond
+lengths[n] are zero. `make_text_encoder(config)` picks the hook from config:
+
+  config.model.text_encoder == "builtin"  -> None (the DiT's byte-token encoder is trained; nothing
+                                             to precompute)
+  config.text.encoder == "umt5"           -> the JAX umT5 encoder (`unity_jax.umt5`) loaded from
+                                             config.text.encoder_dir, tokenised with
+                                             config.text.tokenizer_path
+  config.text.encoder == "fake"           -> `FakeTextEncoder`: deterministic embeddings of the
+                                             byte tokens (tests and CPU runs; no weights)
+"""
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from unity_jax.model import text as text_lib
+
+TextEncoder = Callable[[Sequence[str], int], tuple[np.ndarray, np.ndarray]]
+
+
+class FakeTextEncoder:
+  """Byte tokens (model/text.py) looked up in a fixed random table plus a position term.
+
+  Deterministic and batch-independent; distinct texts give distinct embeddings. Not a language
+  model: it exists so precompute, its resume and the precomputed-text training path can be
+  tested without umT5 weights.
+  """
+
+  def __init__(self, dim: int, seed: int = 0):
+    self.dim = int(dim)
+    rng = np.random.default_rng(seed)
+    self.table = rng.standard_normal((text_lib.VOCAB_SIZE, self.dim)).astype(np.float32)
+    self.seed = seed
+
+  def __call__(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens, mask = text_lib.tokenize(list(texts), length)
+    position = np.sin(np.arange(length, dtype=np.float32)[:, None]
+                      * (1.0 + np.arange(self.dim, dtype=np.float32)[None, :]) / self.dim)
+    embeddings = (self.table[tokens] + 0.1 * position[None]) * mask[..., None]
+    return embeddings.astype(np.float32), mask.sum(axis=1).astype(np.int32)
+
+
+class UMT5TextEncoder:
+  """The JAX umT5 encoder behind the hook interface (unity_jax.umt5: load, Tokenizer).
+
+  Each call tokenises to `length` and runs the encoder on the whole call; callers pass texts of
+  one clip at a time with fixed shapes, so the jitted encoder sees the same shapes everywhere.
+  """
+
+  def __init__(self, encoder_dir: str, tokenizer_path: str):
+    try:
+      from unity_jax import umt5  # pylint: disable=g-import-not-at-top
+    except ImportError as error:
+      raise ValueError(f"config.text.encoder='umt5' needs unity_jax.umt5, which is not "
+                       f"importable here ({error}); use config.text.encoder='fake' for tests")
+    if not encoder_dir or not tokenizer_path:
+      raise ValueError("config.text.encoder='umt5' needs config.text.encoder_dir (the umT5 "
+                       "weights directory) and config.text.tokenizer_path")
+    self.encoder = umt5.load(encoder_dir)
+    self.tokenizer = umt5.Tokenizer(tokenizer_path)
+
+  def __call__(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    encoded = self.tokenizer.encode(list(texts), length)
+    token_ids, mask = (encoded if isinstance(encoded, tuple)
+                       else (encoded, np.asarray(encoded) != 0))
+    mask = np.asarray(mask, bool)
+    embeddings = np.asarray(self.encoder(np.asarray(token_ids), mask), np.float32)
+    return embeddings * mask[..., None], mask.sum(axis=1).astype(np.int32)
+
+
+def make_text_encoder(config) -> TextEncoder | None:
+  """The hook chosen by config (module docstring), or None when text is not precomputed."""
+  if config.model.text_encoder != "precomputed":
+    return None
+  if config.text.encoder == "fake":
+    return FakeTextEncoder(config.model.text_dim)
+  if config.text.encoder == "umt5":
+    return UMT5TextEncoder(config.text.encoder_dir, config.text.tokenizer_path)
+  raise ValueError(f"config.text.encoder={config.text.encoder!r}: expected 'umt5' or 'fake'")
