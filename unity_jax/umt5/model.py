@@ -76,8 +76,8 @@ def config_from_hf(hf: dict) -> UMT5Config:
     raise ConfigError(f"config.json has model_type {hf.get('model_type')!r}; expected 'umt5'")
   ffp = hf.get("feed_forward_proj", "gated-gelu")
   if not ffp.startswith("gated-"):
-    raise ConfigError(f"feed_forward_proj {ffp!r} is not gated; only gated FFNs (wi_0, wi_1, wo, as "
-                      "in every umT5 release) are supported")
+    raise ConfigError(f"feed_forward_proj {ffp!r} is not gated; only gated FFNs (wi_0, wi_1, "
+                      "wo, as in every umT5 release) are supported")
   # HF maps "gated-gelu" to gelu_new for backwards compatibility; otherwise the suffix is the act.
   act = hf.get("dense_act_fn") or ("gelu_new" if ffp == "gated-gelu" else ffp[len("gated-"):])
   if act not in ACTIVATIONS:

@@ -23,6 +23,8 @@ exports both. When both are present the second is read in row blocks and must eq
 (so every stored tensor is consumed and a mismatched pair is an error, not a silent choice).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,23 +125,36 @@ def _full_index(index, ndim):
   return index
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_layer(stacked, layer, i):
+  return jax.lax.dynamic_update_index_in_dim(stacked, layer, i, 0)
+
+
 def _leaf(checkpoint, path, names, transposed, shape, sharding, dtype):
-  """One parameter as a jax.Array; `names` is one HF name, or one per layer (stacked)."""
-  stacked = path.startswith("layers/")
+  """One parameter as a jax.Array; `names` is one HF name, or one per layer (stacked).
 
-  def read_one(name, index):   # index: slices in our (unstacked) layout
-    stored_index = tuple(reversed(index)) if transposed else index
-    array = checkpoint.read(name, stored_index)
-    return (array.T if transposed else array).astype(dtype)
+  A stacked leaf is placed one layer at a time into a donated buffer, so the host holds at most
+  one layer's device slices (XXL's wi_0 is 4 GB in float32 over its 24 layers).
+  """
 
-  def callback(index):
-    index = _full_index(index, len(shape))
-    if not stacked:
-      return read_one(names[0], index)
-    layers = range(len(names))[index[0]]
-    return np.stack([read_one(names[i], index[1:]) for i in layers])
+  def reader(name):   # index: slices in our (unstacked) layout
+    def read(index):
+      index = _full_index(index, len(shape) - (1 if path.startswith("layers/") else 0))
+      stored_index = tuple(reversed(index)) if transposed else index
+      array = checkpoint.read(name, stored_index)
+      return (array.T if transposed else array).astype(dtype)
+    return read
 
-  return jax.make_array_from_callback(shape, sharding, callback)
+  if not path.startswith("layers/"):
+    return jax.make_array_from_callback(shape, sharding, reader(names[0]))
+  layer_sharding = sharding
+  if isinstance(sharding, NamedSharding):
+    layer_sharding = NamedSharding(sharding.mesh, P(*tuple(sharding.spec)[1:]))
+  stacked = jnp.zeros(shape, dtype, device=sharding)
+  for i, name in enumerate(names):
+    layer = jax.make_array_from_callback(shape[1:], layer_sharding, reader(name))
+    stacked = _set_layer(stacked, layer, i)
+  return stacked
 
 
 def _check_tied(checkpoint, names, what) -> None:
