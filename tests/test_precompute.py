@@ -193,3 +193,35 @@ def test_other_configuration_in_out_dir_is_refused(reference, tmp_path):
   assert manifest["splits"]["train"]["arrays"]["latents/rgb"]["dtype"] == "bfloat16"
   got = precomputed.read_clip(precomputed.open_precomputed(str(tmp_path / "bf16"), "train"), 0)
   assert got["latents"]["rgb"].dtype.name == "bfloat16"
+
+
+def test_umt5_text_encoder_hook(reference, tmp_path):
+  """The real umT5 path: a tiny random UMT5EncoderModel + SentencePiece model (parity extra)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  spm = pytest.importorskip("sentencepiece")
+  import io  # pylint: disable=g-import-not-at-top
+  from unity_jax import umt5  # pylint: disable=g-import-not-at-top
+  data, clips, _ = reference
+  torch.manual_seed(0)
+  transformers.UMT5EncoderModel(transformers.UMT5Config(
+      vocab_size=96, d_model=32, d_kv=8, num_heads=4, num_layers=2, d_ff=64,
+      feed_forward_proj="gated-gelu")).save_pretrained(str(tmp_path / "text_encoder"))
+  buffer = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter([c["caption"] for c in clips] * 10), model_writer=buffer,
+      vocab_size=40, hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      minloglevel=2)
+  (tmp_path / "spiece.model").write_bytes(buffer.getvalue())
+  config = make_config(**{"text.encoder": "umt5",
+                          "text.encoder_dir": str(tmp_path / "text_encoder"),
+                          "text.tokenizer_path": str(tmp_path / "spiece.model"),
+                          "model.text_dim": 32})
+  precompute.run(config, str(data), str(tmp_path / "out"))
+  got = precomputed.read_clip(precomputed.open_precomputed(str(tmp_path / "out"), "train"), 0)
+  encoder = umt5.load(str(tmp_path / "text_encoder"))
+  ids, mask, _ = umt5.Tokenizer(str(tmp_path / "spiece.model")).encode(
+      [next(c["caption"] for c in clips if c["id"] == got["id"])], 48)
+  want = umt5.wan_text_embeddings(encoder(ids, mask), mask, 48)[0]
+  np.testing.assert_array_equal(got["caption_embedding"], np.asarray(want))
+  assert got["caption_length"] == mask.sum()

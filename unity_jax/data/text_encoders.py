@@ -50,31 +50,31 @@ class FakeTextEncoder:
 
 
 class UMT5TextEncoder:
-  """The JAX umT5 encoder behind the hook interface (unity_jax.umt5: load, Tokenizer).
+  """The JAX umT5 encoder (unity_jax.umt5) as Wan conditions on it: `wan_prompt_clean`,
+  SentencePiece ids ending in EOS, encoder hidden states, rows past each text's length zeroed.
 
-  Each call tokenises to `length` and runs the encoder on the whole call; callers pass texts of
-  one clip at a time with fixed shapes, so the jitted encoder sees the same shapes everywhere.
+  Callers pass one clip's texts per call with fixed shapes ([1, Lc] captions, [M, Lm] prompts),
+  so the jitted encoder compiles twice and sees the same shapes on every process.
   """
 
-  def __init__(self, encoder_dir: str, tokenizer_path: str):
-    try:
-      from unity_jax import umt5  # pylint: disable=g-import-not-at-top
-    except ImportError as error:
-      raise ValueError(f"config.text.encoder='umt5' needs unity_jax.umt5, which is not "
-                       f"importable here ({error}); use config.text.encoder='fake' for tests")
+  def __init__(self, encoder_dir: str, tokenizer_path: str, dim: int):
+    from unity_jax import umt5  # pylint: disable=g-import-not-at-top
     if not encoder_dir or not tokenizer_path:
-      raise ValueError("config.text.encoder='umt5' needs config.text.encoder_dir (the umT5 "
-                       "weights directory) and config.text.tokenizer_path")
+      raise ValueError("config.text.encoder='umt5' needs config.text.encoder_dir (a Hugging "
+                       "Face UMT5EncoderModel directory, e.g. Wan's text_encoder/) and "
+                       "config.text.tokenizer_path (its tokenizer/spiece.model)")
+    self.umt5 = umt5
     self.encoder = umt5.load(encoder_dir)
     self.tokenizer = umt5.Tokenizer(tokenizer_path)
+    if self.encoder.config.d_model != dim:
+      raise ValueError(f"the umT5 encoder in {encoder_dir} has d_model="
+                       f"{self.encoder.config.d_model}, config.model.text_dim is {dim}")
 
   def __call__(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
-    encoded = self.tokenizer.encode(list(texts), length)
-    token_ids, mask = (encoded if isinstance(encoded, tuple)
-                       else (encoded, np.asarray(encoded) != 0))
-    mask = np.asarray(mask, bool)
-    embeddings = np.asarray(self.encoder(np.asarray(token_ids), mask), np.float32)
-    return embeddings * mask[..., None], mask.sum(axis=1).astype(np.int32)
+    ids, mask, _ = self.tokenizer.encode([self.umt5.wan_prompt_clean(t) for t in texts], length)
+    hidden = self.encoder(ids, mask)
+    embeddings = np.asarray(self.umt5.wan_text_embeddings(hidden, mask, length), np.float32)
+    return embeddings, mask.sum(axis=1).astype(np.int32)
 
 
 def make_text_encoder(config) -> TextEncoder | None:
@@ -84,5 +84,6 @@ def make_text_encoder(config) -> TextEncoder | None:
   if config.text.encoder == "fake":
     return FakeTextEncoder(config.model.text_dim)
   if config.text.encoder == "umt5":
-    return UMT5TextEncoder(config.text.encoder_dir, config.text.tokenizer_path)
+    return UMT5TextEncoder(config.text.encoder_dir, config.text.tokenizer_path,
+                           config.model.text_dim)
   raise ValueError(f"config.text.encoder={config.text.encoder!r}: expected 'umt5' or 'fake'")
