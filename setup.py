@@ -38,7 +38,12 @@ setup(
         # Parity tests against PyTorch reference code run with random weights (never downloads);
         # benchmarks/peer.py times diffusers' Wan transformer under torch beside our step.
         # accelerate: WanTransformer3DModel.from_pretrained needs it (keep-in-fp32 modules).
-        "parity": ["torch==2.13.0", "diffusers>=0.35", "accelerate>=1.0"],
+        # transformers + sentencepiece: the umT5 encoder and tokenizer parity tests.
+        "parity": ["torch==2.13.0", "diffusers>=0.35", "accelerate>=1.0", "transformers>=5,<6",
+                   "sentencepiece>=0.2,<0.3"],
+        # umt5.Tokenizer (prompts -> ids for the umT5 encoder). Not core: only the step that
+        # encodes prompts (sampling, precomputing embeddings) tokenizes; training reads embeddings.
+        "text": ["sentencepiece>=0.2,<0.3"],
     },
     entry_points={
         "console_scripts": [
