@@ -7,8 +7,8 @@
 # OpenUni set (train + held-out eval split with exact ground truth); train configs/tiny.py through
 # both curriculum stages on it; sample every task x modality and score them on UniBench-synth;
 # write <run>/report.html (videos side by side, loss curves, metrics with baselines, config,
-# fingerprint). About 13 minutes on 2 idle CPU cores (longer when they are shared), most of it
-# training.
+# fingerprint) and <run>/contact_sheet.png. About 7 minutes on 2 idle AVX-512 CPU cores, 14 on
+# AVX2-only ones (longer when they are shared), most of it training (docs/evaluation.md).
 #
 # Re-running reuses what exists: the venv, complete data splits, a finished (or resumes an
 # interrupted) training run. Delete the run directory to train again.
