@@ -218,3 +218,30 @@ def test_tokenizer_matches_t5_tokenizer(spiece):
     assert ids.dtype == np.int32 and (ids[mask == 0] == 0).all()
     assert (ids[np.arange(len(texts)), mask.sum(1) - 1] == 1).all()   # every row ends in EOS
   assert umt5.wan_prompt_clean("  a &amp;amp; b \n\t c ") == "a & b c"
+
+
+def test_compiled_once_per_shape(hf_dir):
+  _, path = hf_dir
+  encoder = umt5.load(path)
+  rng = np.random.default_rng(6)
+  encoder(*_batch(rng, (10, 3), 10, CONFIG["vocab_size"]))
+  before = umt5.encode_jit._cache_size()   # pylint: disable=protected-access
+  encoder(*_batch(rng, (7, 10), 10, CONFIG["vocab_size"]))   # same shape, other values
+  assert umt5.encode_jit._cache_size() == before   # pylint: disable=protected-access
+  with pytest.raises(ValueError, match="must both be"):
+    encoder(np.zeros((2, 4), np.int32), np.ones((2, 5), np.int32))
+
+
+@pytest.mark.slow
+def test_matches_transformers_at_xxl_width(tmp_path):
+  """umT5-XXL's layer geometry (D 4096, 64 heads of 64, d_ff 10240; 2 layers, small vocab):
+  float32 accumulation over the real widths stays within the same fixed tolerance."""
+  model = _random_model(vocab_size=256, d_model=4096, d_kv=64, num_heads=64, d_ff=10240,
+                        num_layers=2)
+  model.save_pretrained(str(tmp_path))
+  ids, mask = _batch(np.random.default_rng(7), (64, 40), 64, 256)
+  want = _torch_hidden(model, ids, mask)
+  del model
+  err = np.abs(np.asarray(umt5.load(str(tmp_path))(ids, mask)) - want)[mask.astype(bool)].max()
+  print(f"umt5 parity at XXL width: {err:.2e}")
+  assert err <= ATOL, err
