@@ -94,9 +94,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Byte-token lengths (BOS + UTF-8 bytes + EOS) that fit the synthetic world's texts with a
   # margin: captions are <= 302 tokens (median ~174), segmentation prompts naming their targets
   # <= 145 (`unity-data inspect` reports the distribution; longer texts are truncated, counted).
+  # data.precomputed: train on `unity-data precompute` output (latents, and text embeddings with
+  # model.text_encoder="precomputed") instead of decoding videos; a directory or URL, relative
+  # paths taken from data.dir like the data manifest's "precomputed" keys ("" = off).
   c.data = dict(dir="", num_frames=9, height=32, width=32, caption_len=320, prompt_len=160,
                 source_weights=(1, 1, 1, 1), worker_count=0, prefetch_buffer=2,
-                skip_corrupt=False, flip_augment=False, no_modality="rgb_only")
+                skip_corrupt=False, flip_augment=False, no_modality="rgb_only",
+                precomputed="")
   c.objective = dict(timestep_sampling="logit_normal", logit_mean=0.0, logit_std=1.0, shift=1.0,
                      estimate_shift=0.0, caption_dropout=0.1, timesteps="independent")
   c.mesh = dict(data=-1, fsdp=1, tensor=1, context=1, rules="fsdp_tp")
@@ -188,6 +192,14 @@ def resolved_data_source(config) -> str:
   return config.train.data_source
 
 
+def precomputed_root(config) -> str:
+  """data.precomputed resolved: "" (off), a URL, or a path (relative ones under data.dir)."""
+  path = config.data.precomputed
+  if not path or "://" in path or os.path.isabs(path):
+    return path
+  return os.path.join(config.data.dir, path)
+
+
 def apply_smoke(config):
   """Shrinks any config to a 2-minute CPU run, keeping its architectural switches."""
   config.model.update(dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_encoder="builtin",
@@ -267,6 +279,8 @@ DOMAINS = {
     "data.prefetch_buffer": _AT_LEAST_0,
     "data.skip_corrupt": _BOOL,
     "data.flip_augment": _BOOL,
+    "data.precomputed": (lambda v: isinstance(v, str), "must be a path or URL string ('' = "
+                         "decode the videos)"),
     "objective.logit_mean": (_is_real, "must be a finite number"),
     "objective.logit_std": _POSITIVE,
     **{f"mesh.{a}": (lambda v: _is_int(v) and (v >= 1 or v == -1),
@@ -432,6 +446,7 @@ def _validate_train(config):
   if t.data_source == "openuni" and not config.data.dir:
     _fail("data.dir", config.data.dir, "train.data_source='openuni' needs the OpenUni data "
           "directory (write one with `unity-data synth --out DIR`)")
+  _validate_precomputed(config)
   if t.accumulate_steps < 1 or t.batch_size % t.accumulate_steps:
     _fail("train.accumulate_steps", t.accumulate_steps,
           f"must be >= 1 and divide train.batch_size={t.batch_size}")
@@ -462,6 +477,26 @@ def _validate_train(config):
       _fail(f"train.{name}", t[name], "must be >= 1")
   if any(not isinstance(s, int) or s < 0 for s in t.debug_nan_steps):
     _fail("train.debug_nan_steps", tuple(t.debug_nan_steps), "must be non-negative step numbers")
+
+
+def _validate_precomputed(config):
+  """data.precomputed: what latents cannot do is refused here, never silently dropped."""
+  d = config.data
+  if not d.precomputed:
+    if config.model.text_encoder == "precomputed" and resolved_data_source(config) == "openuni":
+      _fail("data.precomputed", d.precomputed, "model.text_encoder='precomputed' trains on "
+            "stored text embeddings: run `unity-data precompute` and set data.precomputed to "
+            "its output")
+    return
+  if resolved_data_source(config) != "openuni":
+    _fail("data.precomputed", d.precomputed, "trains through the OpenUni pipeline: set "
+          "data.dir to the data it was precomputed from (train.data_source 'auto' or 'openuni')")
+  if d.flip_augment:
+    # The flip needs mirrored videos and a left/right-swapped caption; neither a stored latent
+    # (Wan VAE latents are not mirror-equivariant) nor a stored caption embedding can be flipped.
+    _fail("data.flip_augment", d.flip_augment, f"cannot apply to precomputed latents and "
+          f"embeddings (data.precomputed={d.precomputed!r}): set data.flip_augment=False, or "
+          "data.precomputed='' to decode and flip the videos")
 
 
 WAN_DOCS = "docs/wan.md"

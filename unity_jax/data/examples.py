@@ -148,7 +148,7 @@ class ExampleBuilder:
       epoch, record_index = self.order.epoch_and_record(position)
       where = _describe(self.records, self.source, record_index)
       try:
-        clip = self.decode_fn(self.records[record_index], where)
+        clip = self._load(epoch, record_index, where)
         break
       except RecordError:
         if not self.options.skip_corrupt:
@@ -163,6 +163,20 @@ class ExampleBuilder:
     example[SKIPPED_KEY] = np.int32(skipped)
     return example
 
+  def _load(self, epoch: int, record_index: int, where: str) -> dict:
+    """The clip of `record_index`; raises RecordError for a corrupt one (latent_examples.py
+    overrides it to read precomputed latents instead)."""
+    del epoch  # The decoded record holds every stream; latent_examples reads only the drawn one.
+    return self.decode_fn(self.records[record_index], where)
+
+  def _draw(self, epoch: int, record_index: int) -> sampling.SampleDraw:
+    """The sample's modality, task and flip: a pure function of (seed, stage, source, epoch,
+    record), so every loader of the same record index draws the same."""
+    return sampling.draw_sample(
+        self.available[record_index], self.modality_weights, self.task_probs, seed=self.seed,
+        stage_index=self.stage_index, source=self.source,
+        epoch=epoch, record_index=record_index)
+
   def _example(self, clip: dict, epoch: int, record_index: int,
                where: str) -> dict[str, np.ndarray]:
     if clip.get("source", self.source) != self.source:
@@ -170,10 +184,7 @@ class ExampleBuilder:
                        f"{self.source!r}")
     shape = self.options.video_shape
     rgb = _check_video(clip["rgb"], shape, where, "rgb")
-    draw = sampling.draw_sample(
-        self.available[record_index], self.modality_weights, self.task_probs, seed=self.seed,
-        stage_index=self.stage_index, source=self.source,
-        epoch=epoch, record_index=record_index)
+    draw = self._draw(epoch, record_index)
     if draw.modality_id == constants.NO_MODALITY:
       modality_name = "none"
       modality_video = np.zeros(shape, np.uint8)
@@ -191,20 +202,25 @@ class ExampleBuilder:
       modality_video = (modality_render.mirror_flow_video(modality_video)
                         if modality_name == "flow" else modality_video[:, :, ::-1])
       caption = swap_left_right(caption)
-    caption_tokens, caption_mask = text.tokenize([caption], self.options.caption_len)
-    targets = clip.get("segmentation_targets") if modality_name == "segmentation" else None
-    prompt_tokens, prompt_mask, prompt_cut = _prompt_tokens(modality_name, targets,
-                                                            self.options.prompt_len)
-    caption_cut = bool(text.truncated([caption], self.options.caption_len)[0])
     return {
         "rgb": np.ascontiguousarray(rgb),
         "modality_video": np.ascontiguousarray(modality_video),
         "modality_id": np.int32(draw.modality_id),
         "source_id": np.int32(constants.source_id(self.source)),
         "task_id": np.int32(draw.task_id),
-        "caption_tokens": caption_tokens[0],
-        "caption_mask": caption_mask[0],
-        "modality_prompt_tokens": prompt_tokens,
-        "modality_prompt_mask": prompt_mask,
-        TRUNCATED_KEY: np.asarray([caption_cut, prompt_cut], np.int32),
+        **token_fields(clip, caption, modality_name, self.options),
     }
+
+
+def token_fields(clip: dict, caption: str, modality_name: str,
+                 options: ExampleOptions) -> dict[str, np.ndarray]:
+  """caption_tokens/mask [Lc], modality_prompt_tokens/mask [Lm] and TRUNCATED_KEY of a sample
+  whose (possibly flipped) caption is `caption` and drawn modality `modality_name`."""
+  caption_tokens, caption_mask = text.tokenize([caption], options.caption_len)
+  targets = clip.get("segmentation_targets") if modality_name == "segmentation" else None
+  prompt_tokens, prompt_mask, prompt_cut = _prompt_tokens(modality_name, targets,
+                                                          options.prompt_len)
+  caption_cut = bool(text.truncated([caption], options.caption_len)[0])
+  return {"caption_tokens": caption_tokens[0], "caption_mask": caption_mask[0],
+          "modality_prompt_tokens": prompt_tokens, "modality_prompt_mask": prompt_mask,
+          TRUNCATED_KEY: np.asarray([caption_cut, prompt_cut], np.int32)}

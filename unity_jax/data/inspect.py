@@ -165,6 +165,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="override config.data.worker_count (0 = decode in this process)")
   parser.add_argument("--json", action="store_true", help="JSON lines instead of a table")
   parser.add_argument("--sheet", default=None, help="write a contact sheet PNG of batch 0")
+  parser.add_argument("--precomputed", default=None, metavar="DIR|URL",
+                      help="read batches as training on `unity-data precompute` output does "
+                      "(sets config.data.precomputed; same per-batch counts, no --sheet)")
   return parser
 
 
@@ -189,6 +192,12 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
   config.data.dir = args.data
   if args.workers is not None:
     config.data.worker_count = args.workers
+  if args.precomputed is not None:
+    config.data.precomputed = args.precomputed
+  if config.data.precomputed and args.sheet:
+    # Declared, not silently skipped: precomputed batches hold latents, not viewable frames.
+    raise ValueError("--sheet shows decoded videos; precomputed batches hold latents (drop "
+                     "--sheet, or inspect without data.precomputed)")
   plan = sampling.plan_from_config(config, args.stage)
   counts = sampling.per_batch_counts(plan, int(config.train.batch_size), 1)
   if not args.json:

@@ -25,6 +25,11 @@ Batch contract (numpy, process-local batch B = train.batch_size / process_count)
   modality_prompt_tokens  int32 [B, Lm];  modality_prompt_mask bool [B, Lm]
 Texts longer than Lc / Lm (data.caption_len / prompt_len) are truncated, counted by the
 iterator (truncated_captions, truncated_prompts) and logged, never silently.
+With config.data.precomputed (latent_examples.py; same clips, order and draws) videos are
+replaced by stored latents, and with model.text_encoder="precomputed" token ids by embeddings:
+  rgb_latents, modality_latents  float [B, F', H', W', C]  (precompute.dtype; modality zeros
+                                 where modality_id == -1)
+  caption_embedding [B, Lc, D]; modality_prompt_embedding [B, Lm, D]  (masks from lengths)
 
 Checkpointing the iterator with the train state (orbax):
   it = make_train_iterator(config, stage_index, process_index=jax.process_index(),
@@ -76,6 +81,7 @@ def build_batch_dataset(
     process_index: int = 0,
     process_count: int = 1,
     decode_fn: Callable[[bytes, str], dict] | None = None,
+    builder: Callable[..., examples.ExampleBuilder] = examples.ExampleBuilder,
 ) -> grain.MapDataset:
   """The process-local, infinite MapDataset of training batches (see the module docstring).
 
@@ -89,6 +95,8 @@ def build_batch_dataset(
     stage_index: curriculum stage (seeds the shuffles and draws).
     process_index, process_count: this process's disjoint share of every source.
     decode_fn: raw bytes, where -> clip dict; defaults to the OpenUni reader's decode_record.
+    builder: the per-source map class (ExampleBuilder's fields); the latent path passes
+      latent_examples.builder_factory(...), which only changes what is loaded per record.
 
   Returns:
     grain.MapDataset of batches (dicts of numpy arrays, see the contract); index i is the i-th
@@ -111,13 +119,13 @@ def build_batch_dataset(
     where = f"stage {plan.name!r} source {source!r}"
     local = sampling.shard_for_process(kept, process_index, process_count, where)
     order = sampling.EpochOrder(local, sampling.shuffle_seed(seed, stage_index, source))
-    builder = examples.ExampleBuilder(
+    source_builder = builder(
         source=source, records=sources[source], order=order,
         available=sampling.availability_matrix(source_rows), modality_weights=modality_weights,
         task_probs=np.asarray(plan.task_probs), seed=seed, stage_index=stage_index,
         options=options, decode_fn=decode_fn)
     # Position k of the infinite per-source stream (epoch k // len(local)).
-    per_source.append(grain.MapDataset.range(sys.maxsize).map(builder))
+    per_source.append(grain.MapDataset.range(sys.maxsize).map(source_builder))
   weights = [counts[s] for s in plan.sources]
   mixed = grain.MapDataset.mix(per_source, weights) if len(per_source) > 1 else per_source[0]
   return mixed.batch(sum(weights), drop_remainder=True)
@@ -260,12 +268,18 @@ def pipeline_from_reader(reader: Any, config: Any, stage_index: int, *, process_
   plan = sampling.plan_from_config(config, stage_index)
   rows = sampling.rows_by_source(reader.index(split))
   sources = {source: reader.source(split, source, decode=False) for source in plan.sources}
+  # Bound by the manifest's declared shapes: a lying record cannot inflate past them.
+  decode_fn, builder = reader.decode_fn(split, examples.TRAINING_SKIP), examples.ExampleBuilder
+  if config.data.get("precomputed"):  # (Hand-built configs may lack the key.)
+    from unity_jax.data import latent_examples  # pylint: disable=g-import-not-at-top
+    store = latent_examples.open_for_training(config, config.data.dir, split)
+    decode_fn = reader.decode_fn(split, latent_examples.HEADER_ONLY)
+    builder = latent_examples.builder_factory(config, store, rows)
   return build_batch_dataset(
       sources, rows, plan=plan, options=examples.options_from_config(config),
       global_batch=int(config.train.batch_size), seed=int(config.seed), stage_index=stage_index,
-      process_index=process_index, process_count=process_count,
-      # Bound by the manifest's declared shapes: a lying record cannot inflate past them.
-      decode_fn=reader.decode_fn(split, examples.TRAINING_SKIP))
+      process_index=process_index, process_count=process_count, decode_fn=decode_fn,
+      builder=builder)
 
 
 def make_train_iterator(config: Any, stage_index: int, *, process_index: int = 0,

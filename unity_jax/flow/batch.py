@@ -4,8 +4,13 @@ Pipeline batch contract (numpy, see unity_jax/data/pipeline.py):
   rgb, modality_video: uint8 [B, T, H, W, 3]; modality_id, source_id, task_id: int32 [B];
   caption_tokens: int32 [B, Lc], caption_mask: bool [B, Lc];
   modality_prompt_tokens: int32 [B, Lm], modality_prompt_mask: bool [B, Lm].
+Precomputed pipeline batches (config.data.precomputed) carry instead of the videos
+  rgb_latents, modality_latents: float [B, F', H', W', C] (stored dtype),
+and with model.text_encoder="precomputed" instead of the token ids
+  caption_embedding: [B, Lc, D]; modality_prompt_embedding: [B, Lm, D] (same masks).
 Latent batch: rgb [B, F', H', W', C]; modality [B, 1, F', H', W', C]; modality_id [B, 1];
-  task_id [B]; caption {"tokens", "mask"}; prompt {"tokens": [B, 1, Lm], "mask"}.
+  task_id [B]; caption {"tokens"|"embedding", "mask"};
+  prompt {"tokens": [B, 1, Lm] | "embedding": [B, 1, Lm, D], "mask"}.
 """
 
 import numpy as np
@@ -23,18 +28,25 @@ def to_latent_batch(batch: dict, codec) -> dict:
   """Encodes videos with `codec` (traceable under jit) and nests text fields.
 
   RGB and modality videos go through the codec as one batch of 2B clips: a VAE codec then
-  appears once in the compiled step instead of twice (half the compile time).
+  appears once in the compiled step instead of twice (half the compile time). Precomputed
+  latents pass through without the codec (cast to float32, the codecs' output dtype).
   """
-  size = batch["rgb"].shape[0]
-  latents = codec.encode(_concatenate([batch["rgb"], batch["modality_video"]]))
+  if "rgb_latents" in batch:
+    rgb = batch["rgb_latents"].astype(np.float32)
+    modality = batch["modality_latents"].astype(np.float32)
+  else:
+    size = batch["rgb"].shape[0]
+    latents = codec.encode(_concatenate([batch["rgb"], batch["modality_video"]]))
+    rgb, modality = latents[:size], latents[size:]
+  text = "embedding" if "caption_embedding" in batch else "tokens"
   return dict(
-      rgb=latents[:size],
-      modality=latents[size:][:, None],
+      rgb=rgb,
+      modality=modality[:, None],
       modality_id=batch["modality_id"][:, None],
       task_id=batch["task_id"],
       source_id=batch["source_id"],
-      caption={"tokens": batch["caption_tokens"], "mask": batch["caption_mask"]},
-      prompt={"tokens": batch["modality_prompt_tokens"][:, None],
+      caption={text: batch[f"caption_{text}"], "mask": batch["caption_mask"]},
+      prompt={text: batch[f"modality_prompt_{text}"][:, None],
               "mask": batch["modality_prompt_mask"][:, None]})
 
 

@@ -31,8 +31,13 @@ def interpolate(x0, noise, t):
   return (1.0 - t) * x0 + t * noise
 
 
-def drop_captions(rng, caption: dict, rate: float) -> dict:
-  """Replaces each sample's caption by the empty caption with probability `rate` (for CFG)."""
+def drop_captions(rng, caption: dict, rate: float, empty: dict | None = None) -> dict:
+  """Replaces each sample's caption by the empty caption with probability `rate` (for CFG).
+
+  For embeddings, `empty` is the text encoder's empty caption {"embedding": [Lc, D], "mask":
+  bool [Lc]} (stored by `unity-data precompute`, latent_examples.empty_caption); without it
+  (embeddings not from a store) a zero embedding with one attended token stands in.
+  """
   batch = caption["mask"].shape[0]
   drop = jax.random.bernoulli(rng, rate, (batch,))
   if "tokens" in caption:
@@ -41,19 +46,24 @@ def drop_captions(rng, caption: dict, rate: float) -> dict:
     pick = lambda full, empty: jnp.where(drop[:, None], jnp.asarray(empty), full)
     return {"tokens": pick(caption["tokens"], empty_tokens),
             "mask": pick(caption["mask"], empty_mask)}
-  # Precomputed embeddings: the empty caption is a zero embedding with one attended token.
+  if empty is not None:
+    embedding = jnp.asarray(empty["embedding"], caption["embedding"].dtype)
+    return {"embedding": jnp.where(drop[:, None, None], embedding, caption["embedding"]),
+            "mask": jnp.where(drop[:, None], jnp.asarray(empty["mask"]), caption["mask"])}
   empty_mask = jnp.zeros_like(caption["mask"]).at[:, 0].set(True)
   return {"embedding": jnp.where(drop[:, None, None], 0.0, caption["embedding"]),
           "mask": jnp.where(drop[:, None], empty_mask, caption["mask"])}
 
 
-def make_noisy_inputs(rng, batch: dict, objective) -> tuple[dict, dict, dict]:
+def make_noisy_inputs(rng, batch: dict, objective,
+                      empty_caption: dict | None = None) -> tuple[dict, dict, dict]:
   """Routes tasks, samples timesteps and noise, and builds model inputs and targets.
 
   Args:
     batch: latent batch with rgb [B, F, H, W, C], modality [B, S, F, H, W, C],
       modality_id int [B, S], task_id int [B], caption, prompt (see UnityDiT).
     objective: config.objective.
+    empty_caption: the stored empty caption embedding for dropout (see drop_captions).
   Returns:
     (model_inputs, targets {"rgb", "modality"}, weights {"rgb": [B], "modality": [B, S]}).
   """
@@ -87,7 +97,8 @@ def make_noisy_inputs(rng, batch: dict, objective) -> tuple[dict, dict, dict]:
     cond_t_rgb, cond_t_mod = shared, jnp.broadcast_to(shared[:, None], t_mod.shape)
   inputs = dict(
       rgb=interpolate(rgb, noise_rgb, t_rgb), t_rgb=cond_t_rgb,
-      caption=drop_captions(rng_drop, batch["caption"], objective.caption_dropout),
+      caption=drop_captions(rng_drop, batch["caption"], objective.caption_dropout,
+                            empty_caption),
       modality=interpolate(modality, noise_mod, t_mod), modality_id=batch["modality_id"],
       t_modality=cond_t_mod, prompt=batch["prompt"])
   targets = {"rgb": noise_rgb - rgb, "modality": noise_mod - modality}

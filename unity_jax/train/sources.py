@@ -41,6 +41,17 @@ def batch_shapes(config, batch_size: int) -> dict:
                 caption_mask=((batch_size, d.caption_len), np.bool_),
                 modality_prompt_tokens=((batch_size, d.prompt_len), np.int32),
                 modality_prompt_mask=((batch_size, d.prompt_len), np.bool_))
+  if d.get("precomputed"):  # latent_examples.py: latents (+ embeddings) replace videos (+ ids).
+    from unity_jax.data import latent_examples  # pylint: disable=g-import-not-at-top
+    dtype = latent_examples.stored_dtype(config)
+    latent = ((batch_size, *latent_examples.latent_shape(config)), dtype)
+    del shapes["rgb"], shapes["modality_video"]
+    shapes.update(rgb_latents=latent, modality_latents=latent)
+    if config.model.text_encoder == "precomputed":
+      del shapes["caption_tokens"], shapes["modality_prompt_tokens"]
+      shapes.update(
+          caption_embedding=((batch_size, d.caption_len, config.model.text_dim), dtype),
+          modality_prompt_embedding=((batch_size, d.prompt_len, config.model.text_dim), dtype))
   if config.train.debug_nan_steps:
     shapes[step_lib.NAN_INJECTION_KEY] = ((batch_size,), np.float32)
   return shapes

@@ -1,9 +1,9 @@
 """The pure training step: `train_step(state, batch) -> (state, metrics)`.
 
-One step = encode the pipeline batch with the codec, route tasks and noise every sample with
-its own key `fold_in(fold_in(rng, step), global_sample_index)`, forward + backward (over
-`train.accumulate_steps` micro-batches with lax.scan), clip, AdamW with per-group learning
-rates, EMA. Per-sample keys make the result independent of how the batch is split into
+One step = encode the pipeline batch with the codec (precomputed latents pass through), route
+tasks and noise every sample with its own key `fold_in(fold_in(rng, step), global_sample_index)`,
+forward + backward (over `train.accumulate_steps` micro-batches with lax.scan), clip, AdamW with
+per-group learning rates, EMA. Per-sample keys make the result independent of how the batch is split into
 micro-batches, devices or processes. A step whose loss or gradient norm is not finite changes
 nothing but the step and the non-finite counters (params, optimizer state and EMA are kept).
 """
@@ -26,20 +26,20 @@ NAN_INJECTION_KEY = "debug_nan"
 """Optional float32 [B] batch entry added to the RGB latents (train.debug_nan_steps tests)."""
 
 
-def _per_sample_noisy_inputs(keys, latent_batch, objective):
+def _per_sample_noisy_inputs(keys, latent_batch, objective, empty_caption=None):
   """objective.make_noisy_inputs with one key per sample (vmapped over the batch axis)."""
   def one(key, sample):
     inputs, targets, weights = objective_lib.make_noisy_inputs(
-        key, jax.tree.map(lambda x: x[None], sample), objective)
+        key, jax.tree.map(lambda x: x[None], sample), objective, empty_caption)
     return jax.tree.map(lambda x: x[0], (inputs, targets, weights))
   return jax.vmap(one)(keys, latent_batch)
 
 
-def make_loss_fn(config, model):
+def make_loss_fn(config, model, empty_caption=None):
   """loss(params, latent_batch, sample_keys) -> (loss, metric sums); differentiable."""
   def loss_fn(params, latent_batch, sample_keys):
     inputs, targets, weights = _per_sample_noisy_inputs(sample_keys, latent_batch,
-                                                        config.objective)
+                                                        config.objective, empty_caption)
     rgb_velocity, modality_velocity = model.apply({"params": params}, **inputs)
     predictions = {"rgb": rgb_velocity, "modality": modality_velocity}
     return objective_lib.flow_loss(predictions, targets, weights, latent_batch)
@@ -78,12 +78,16 @@ def _gradients(loss_fn, params, latent_batch, sample_keys, num_micro: int):
   return loss / num_micro, sums, jax.tree.map(lambda g: g / num_micro, grads)
 
 
-def make_train_step(config, model, optimizer, multipliers):
+def make_train_step(config, model, optimizer, multipliers, empty_caption=None):
   """Builds the pure step for `config` (call it under jax.set_mesh; jit with `jit_train_step`).
 
   Args:
     model: build_model(config).
     optimizer: optim.make_optimizer(config, params); multipliers: optim.lr_multipliers(...).
+    empty_caption: with precomputed caption embeddings, the stored empty caption
+      {"embedding": [Lc, D], "mask": [Lc]} (latent_examples.empty_caption) that caption dropout
+      substitutes; read once per run and a constant of the program (Lc x D, small next to the
+      batch), so the step signature stays (state, batch, codec).
   Returns:
     train_step(state: TrainState, batch: pipeline batch dict, codec: make_codec(config)) ->
     (state, metrics dict of float32 scalars: loss, loss/task/*, loss/modality/*, grad_norm,
@@ -93,7 +97,7 @@ def make_train_step(config, model, optimizer, multipliers):
   """
   t = config.train
   rules = rules_lib.rules_for(config.mesh.rules)
-  loss_fn = make_loss_fn(config, model)
+  loss_fn = make_loss_fn(config, model, empty_caption)
 
   def train_step(state: TrainState, batch: dict, codec):
     with nn.logical_axis_rules(rules):

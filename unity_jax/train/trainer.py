@@ -94,8 +94,10 @@ class Trainer:
     self.abstract_state, self.state_shardings = state_lib.abstract_state(
         config, self.mesh, self.optimizer)
     self.codec = codec_lib.make_codec(config)
+    from unity_jax.data import latent_examples  # pylint: disable=g-import-not-at-top
     self.train_step = step_lib.make_train_step(
-        config, model_lib.build_model(config), self.optimizer, multipliers)
+        config, model_lib.build_model(config), self.optimizer, multipliers,
+        empty_caption=latent_examples.empty_caption(config))
     self._enter_stage = jax.jit(
         functools.partial(curriculum.enter_stage, config,
                           reset_optimizer=functools.partial(state_lib.reset_optimizer,
