@@ -103,17 +103,24 @@ def test_export_tfds_command(tmp_path, capsys):
 TINY = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
 
 
+def _tiny_geometry():
+  from unity_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  data = config_lib.load_config(TINY).data
+  return data.num_frames, data.height, data.width
+
+
 def test_synth_config_sets_the_geometry_inspect_reads(tmp_path, capsys):
   # `unity-data synth --config C` writes what `unity-data inspect --config C` (and training) read.
   assert cli.main(["synth", "--out", str(tmp_path / "d"), "--config", TINY, "--clips", "4",
                    "--workers", "1"]) == 0
-  assert json.loads(capsys.readouterr().out)["shape"] == [9, 32, 32]
+  frames, height, width = _tiny_geometry()
+  assert json.loads(capsys.readouterr().out)["shape"] == [frames, height, width]
   assert cli.main(["inspect", "--data", str(tmp_path / "d"), "--config", TINY, "--batches", "1",
                    "--workers", "0", "--json"]) == 0
   assert json.loads(capsys.readouterr().out.splitlines()[0])["batch"] == 0
   # Explicit flags may repeat the config's geometry, not contradict it.
-  assert cli.main(["synth", "--out", str(tmp_path / "e"), "--config", TINY, "--frames", "9",
-                   "--size", "32", "32", "--clips", "0"]) == 0
+  assert cli.main(["synth", "--out", str(tmp_path / "e"), "--config", TINY, "--frames",
+                   str(frames), "--size", str(height), str(width), "--clips", "0"]) == 0
   capsys.readouterr()
   assert cli.main(["synth", "--out", str(tmp_path / "e"), "--config", TINY,
                    "--frames", "17"]) == 2
@@ -121,11 +128,12 @@ def test_synth_config_sets_the_geometry_inspect_reads(tmp_path, capsys):
 
 
 def test_geometry_mismatch_error_says_how_to_fix_it(tmp_path, capsys):
-  assert _synth(tmp_path / "d", "--clips", 4, "--workers", 1) == 0  # 5x16x16, tiny is 9x32x32.
+  assert _synth(tmp_path / "d", "--clips", 4, "--workers", 1) == 0  # 5x16x16, unlike tiny.
+  frames, height, width = _tiny_geometry()
   capsys.readouterr()
   assert cli.main(["inspect", "--data", str(tmp_path / "d"), "--config", TINY]) == 2
   err = capsys.readouterr().err
-  assert "4 clips of 5x16x16x3" in err and "expects 9x32x32x3" in err
+  assert "4 clips of 5x16x16x3" in err and f"expects {frames}x{height}x{width}x3" in err
   assert f"re-run `unity-data synth --config {TINY} --out {tmp_path / 'd'}`" in err
   # The training pipeline fails the same way before decoding anything.
   from unity_jax import config as config_lib  # pylint: disable=g-import-not-at-top
