@@ -89,7 +89,7 @@ def compile_step(config):
       optim.lr_multipliers(config, abstract_params))
   jitted = step_lib.jit_train_step(train_step, shardings, mesh)
   batch = step_lib.abstract_batch(sources.batch_shapes(config, config.train.batch_size), mesh)
-  codec = codec_lib.make_codec(config)
+  codec = codec_lib.training_codec(config)
   compiled, report = step_lib.compile_train_step(jitted, abstract, batch, codec, mesh)
   bound = lambda state, batch: compiled(state, batch, codec)
   return bound, report, abstract, shardings, mesh, optimizer

@@ -4,8 +4,11 @@
 Needs precomputed umT5 caption embeddings and Wan VAE latents in the OpenUni records and a
 TPU pod (docs/launching.md):
   unity-train --config configs/unity_5b.py --workdir /shared/runs/unity_5b
-Smoke (same switches, tiny shapes, CPU, < 2 minutes):
+Smoke (same switches, pixel codec and byte-token text, CPU, < 2 minutes):
   unity-train --config configs/unity_5b.py:smoke --workdir /tmp/unity_5b_smoke
+Mini (the real layer types: Wan2.2 VAE, precomputed umT5 text, chunked attention, remat; small
+widths, random weights; the whole 5B recipe of docs/launching.md on a CPU):
+  configs/unity_5b.py:mini
 """
 
 from unity_jax import config as config_lib

@@ -182,6 +182,28 @@ def preset_config(name, arg=None):
   config.init.require_pretrained = name in PRETRAINED_PRESETS
   if "smoke" in parse_args(arg):
     apply_smoke(config)
+  elif "mini" in parse_args(arg):
+    apply_mini(config)
+  return config
+
+
+def apply_mini(config):
+  """The preset's own layer types (its Wan VAE codec, precomputed umT5 text, chunked attention,
+  full remat, switches) at CPU widths: the large recipe end to end (synth -> precompute ->
+  train -> sample -> eval) on random weights. Needs codec.weights (a random VAE of the preset's
+  generation: `python -m unity_jax.wan.random_checkpoint`) and text.encoder_dir/tokenizer_path
+  (a tiny UMT5EncoderModel with d_model 32) for precompute and sampling."""
+  config.model.update(dim=64, num_layers=2, num_heads=4, ffn_dim=128, text_dim=32,
+                      attention_chunk=16, dtype="float32")
+  config.init.update(transformer="", require_pretrained=False)
+  # 5 frames -> 2 latent frames; 64x64 pixels -> 4x4 latents through a stride-16 VAE (32x32
+  # through stride 8). SentencePiece ids are ~3x fewer than byte tokens: shorter text lengths.
+  size = 64 if config.codec.spatial_stride == 16 else 32
+  config.data.update(num_frames=5, height=size, width=size, caption_len=64, prompt_len=32)
+  config.mesh.update(data=-1, fsdp=1, tensor=1, context=1)
+  config.train.update(batch_size=4, lr=3e-3, warmup_steps=2, log_every=2, ema_decay=0.9)
+  for s in config.stages:
+    s.steps = 4
   return config
 
 
@@ -509,7 +531,9 @@ def _validate_pretrained(config):
   checkpoint is checked against config.model here too, so a mismatch fails in a second.
   """
   codec, init = config.codec, config.init
-  if codec.name != "pixel":
+  # Training on precomputed latents never runs the codec (codec.training_codec): weights are
+  # then optional here, checked when given; sampling (make_codec) still needs them.
+  if codec.name != "pixel" and (codec.weights or not config.data.precomputed):
     if not codec.weights:
       _fail("codec.weights", codec.weights, f"the {codec.name} codec needs the Wan VAE weights: "
             "--config.codec.weights=DIR, a diffusers AutoencoderKLWan directory (the vae/ "

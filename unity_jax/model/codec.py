@@ -92,3 +92,12 @@ def make_codec(config):
     return vae_codec.codec_from_config(config)
   raise ValueError(f"config.codec.name={config.codec.name!r} is not known; expected 'pixel', "
                    "'wan2.1_vae' or 'wan2.2_vae'")
+
+
+def training_codec(config):
+  """The codec argument of the train step: None on precomputed data (data.precomputed), whose
+  latents pass through without it, so such a run needs no VAE weights and holds none on
+  device; else make_codec(config). Sampling always needs the real codec (make_codec)."""
+  if config.data.get("precomputed"):
+    return None
+  return make_codec(config)

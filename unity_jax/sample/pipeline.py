@@ -36,6 +36,7 @@ from unity_jax.model import text as text_lib
 from unity_jax.parallel import mesh as mesh_lib
 from unity_jax.parallel import rules as rules_lib
 from unity_jax.sample import denoise
+from unity_jax.sample import text_embedder
 from unity_jax.sample import video_io
 
 WEIGHTS = ("ema", "raw")
@@ -135,14 +136,14 @@ class Pipeline:
   """
 
   def __init__(self, config, params, *, mesh=None, shift: float | None = None):
-    if config.model.text_encoder != "builtin":
-      raise NotImplementedError(
-          f"Pipeline tokenizes prompts with the built-in byte tokenizer; config.model."
-          f"text_encoder={config.model.text_encoder!r} needs precomputed caption embeddings, "
-          "which the sampling API does not accept yet")
     self.config = config
     self.model = model_lib.build_model(config)
     self.codec = codec_lib.make_codec(config)
+    # model.text_encoder="precomputed": prompts are embedded here by the hook precompute used
+    # (config.text: umT5 from encoder_dir/tokenizer_path, or fake), so a sample conditions on
+    # the same embeddings training read from the store.
+    self.text = (text_embedder.PromptEmbedder(config)
+                 if config.model.text_encoder == "precomputed" else None)
     self.mesh = _sampling_mesh(config) if mesh is None else mesh
     self.rules = rules_lib.rules_for(config.mesh.rules)
     shardings = mesh_lib.logical_to_sharding(model_lib.logical_param_axes(config), self.mesh,
@@ -295,20 +296,28 @@ class Pipeline:
     noise_rgb, noise_modality = self._noise(seeds, model_lib.latent_grid(self.config))
     clean = None if videos is None else np.asarray(self.codec.encode(videos), np.float32)
     inputs = {"rgb": clean if task == "estimate" else noise_rgb}
-    _warn_if_truncated(captions, d.caption_len, "caption", "data.caption_len")
-    tokens, mask = text_lib.tokenize(captions, d.caption_len)
-    empty_tokens, empty_mask = text_lib.tokenize([""] * batch, d.caption_len)
-    inputs["caption"] = {"tokens": tokens, "mask": mask}
-    inputs["empty_caption"] = {"tokens": empty_tokens, "mask": empty_mask}
+    target_list = _as_list(targets, batch, "targets")
+    if self.text is not None:
+      inputs["caption"] = self.text.captions(captions)
+      inputs["empty_caption"] = self.text.captions([""] * batch)
+    else:
+      _warn_if_truncated(captions, d.caption_len, "caption", "data.caption_len")
+      tokens, mask = text_lib.tokenize(captions, d.caption_len)
+      empty_tokens, empty_mask = text_lib.tokenize([""] * batch, d.caption_len)
+      inputs["caption"] = {"tokens": tokens, "mask": mask}
+      inputs["empty_caption"] = {"tokens": empty_tokens, "mask": empty_mask}
     if task != "rgb":
       stream = clean if task == "control" else noise_modality
-      texts = [prompts_lib.modality_prompt(modality, t)
-               for t in _as_list(targets, batch, "targets")]
-      _warn_if_truncated(texts, d.prompt_len, "modality prompt", "data.prompt_len")
-      prompt_tokens, prompt_mask = text_lib.tokenize(texts, d.prompt_len)
+      if self.text is not None:
+        prompt = self.text.prompts(modality, target_list)
+      else:
+        texts = [prompts_lib.modality_prompt(modality, t) for t in target_list]
+        _warn_if_truncated(texts, d.prompt_len, "modality prompt", "data.prompt_len")
+        prompt_tokens, prompt_mask = text_lib.tokenize(texts, d.prompt_len)
+        prompt = {"tokens": prompt_tokens, "mask": prompt_mask}
       inputs.update(modality=stream[:, None],
                     modality_id=np.full((batch, 1), constants.modality_id(modality), np.int32),
-                    prompt={"tokens": prompt_tokens[:, None], "mask": prompt_mask[:, None]})
+                    prompt=jax.tree.map(lambda x: x[:, None], prompt))
     return inputs, seeds
 
   def _sample(self, task, captions, modality, targets, seed, num_steps, solver, guidance_scale,

@@ -93,7 +93,7 @@ class Trainer:
     multipliers = optim.lr_multipliers(config, abstract_params)
     self.abstract_state, self.state_shardings = state_lib.abstract_state(
         config, self.mesh, self.optimizer)
-    self.codec = codec_lib.make_codec(config)
+    self.codec = codec_lib.training_codec(config)
     from unity_jax.data import latent_examples  # pylint: disable=g-import-not-at-top
     self.train_step = step_lib.make_train_step(
         config, model_lib.build_model(config), self.optimizer, multipliers,
