@@ -24,7 +24,7 @@ from unity_jax.eval import report
 from unity_jax.sample import video_io
 
 SAMPLE_FPS = 4
-"""Playback rate of the 9-frame demo clips (the synthetic world runs at 8 fps; slower reads
+"""Playback rate of the 5-frame demo clips (the synthetic world runs at 8 fps; slower reads
 better when a clip is less than a second long)."""
 
 _CSS = """
