@@ -11,6 +11,10 @@ For each of configs/tiny.py and configs/small.py (their clip shape and global ba
   3. training consumption: 1 / step time. Step times come from --step-times, a JSON file
      {"tiny": seconds, "small": seconds} (a value may also be an object with "step_time_s");
      without it the needed rate is printed as NOT MEASURED.
+  4. precomputed pipeline (data.precomputed): the same directory through `unity-data
+     precompute` (the config's codec; float32 latents), then batches/s of the iterator over the
+     stored latents, and the bytes one batch reads from the store (latent + embedding chunks,
+     uncompressed sizes: what a step consumes).
 Headroom = pipeline batches/s / needed batches/s; the target is >= 10x. The pipeline and the
 trainer share the same 2 cores in a real run, so headroom on an idle machine is an upper bound.
 """
@@ -76,6 +80,31 @@ def pipeline_rate(config, stage_index: int, workers: int, batches: int,
     iterator.close()
 
 
+STORED_FIELDS = ("rgb_latents", "modality_latents", "caption_embedding",
+                 "modality_prompt_embedding")
+
+
+def precomputed_rates(config, stage_index: int, data_dir: str, workers, batches: int,
+                      min_seconds: float) -> tuple[dict, int, float]:
+  """({workers: batches/s} over precomputed latents, stored bytes per batch, precompute s)."""
+  from unity_jax.data import precompute  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  precompute.run(config, data_dir)
+  seconds = time.perf_counter() - start
+  config.data.precomputed = "precomputed"
+  config.train.data_source = "openuni"
+  config.data.worker_count = 0
+  iterator = pipeline.make_train_iterator(config, stage_index)
+  try:
+    batch = next(iterator)
+  finally:
+    iterator.close()
+  stored = sum(int(np.asarray(batch[k]).nbytes) for k in STORED_FIELDS if k in batch)
+  rates = {w: pipeline_rate(config, stage_index, w, batches, min_seconds) for w in workers}
+  config.data.precomputed = ""
+  return rates, stored, seconds
+
+
 def read_step_times(path: str | None) -> dict[str, float]:
   if not path:
     return {}
@@ -112,6 +141,8 @@ def main(argv=None) -> int:
       config.data.dir = data_dir
       rates = {w: pipeline_rate(config, stage_index, w, args.batches, args.min_seconds)
                for w in args.workers}
+      pre_rates, pre_bytes, pre_seconds = precomputed_rates(
+          config, stage_index, data_dir, args.workers, args.batches, args.min_seconds)
     step = step_times.get(name)
     results[name] = {
         "shape": [config.data.num_frames, config.data.height, config.data.width],
@@ -122,6 +153,11 @@ def main(argv=None) -> int:
         "train_step_s": step,
         "needed_batches_per_s": 1.0 / step if step else None,
         "headroom": {str(w): r * step for w, r in rates.items()} if step else None,
+        "precompute_s": pre_seconds,
+        "precomputed_batches_per_s": {str(w): r for w, r in pre_rates.items()},
+        "precomputed_bytes_per_step": pre_bytes,
+        "precomputed_headroom": ({str(w): r * step for w, r in pre_rates.items()} if step
+                                 else None),
     }
   _print_table(results)
   if args.out:
@@ -148,7 +184,13 @@ def _print_table(results: dict) -> None:
         verdict = ("ok" if headroom >= HEADROOM_TARGET
                    else f"BELOW the {HEADROOM_TARGET:.0f}x target")
         print(f"  headroom, {workers} workers      {headroom:8.1f}x  {verdict}")
-    else:
+    for workers, rate in r["precomputed_batches_per_s"].items():
+      headroom = (f", headroom {r['precomputed_headroom'][workers]:.1f}x"
+                  if r["precomputed_headroom"] else "")
+      print(f"  precomputed, {workers} workers   {rate:8.1f} batches/s{headroom}")
+    print(f"  precomputed bytes/step   {r['precomputed_bytes_per_step'] / 1024:8.1f} KiB "
+          f"(precompute {r['precompute_s']:.1f} s)")
+    if not r["train_step_s"]:
       print("  train step               NOT MEASURED (pass --step-times); needed batches/s = "
             "1 / step time")
       for workers, rate in r["pipeline_batches_per_s"].items():
