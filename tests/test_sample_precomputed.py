@@ -74,6 +74,19 @@ def test_pipeline_embeds_prompts_as_precompute_stored_them(store):
   assert out.rgb.shape == (T, H, W, 3) and out.modality.shape == (T, H, W, 3)
 
 
+def test_precomputed_training_needs_no_vae_weights_sampling_does(tmp_path):
+  from unity_jax.model import codec as codec_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(os.path.join(REPO, "configs/unity_5b.py:mini"))
+  config.data.update(dir=str(tmp_path), precomputed="precomputed")
+  config_lib.validate(config)   # codec.weights="" is fine: the step never runs the codec
+  assert codec_lib.training_codec(config) is None
+  with pytest.raises(ValueError, match="codec.weights"):
+    codec_lib.make_codec(config)   # what Pipeline uses: sampling decodes through the VAE
+  config.data.update(dir="", precomputed="")   # random batches of videos: the step encodes
+  with pytest.raises(config_lib.ConfigError, match="codec.weights"):
+    config_lib.validate(config)
+
+
 def _run(args, timeout, env):
   """A command line in a subprocess (killed by its own pid on overrun); returns stdout."""
   process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
