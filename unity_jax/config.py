@@ -180,6 +180,9 @@ def preset_config(name, arg=None):
   # --config.codec.weights=DIR are required (validate() names them when missing). The 10B
   # geometry has no public checkpoint: it trains from random weights (still through the VAE).
   config.init.require_pretrained = name in PRETRAINED_PRESETS
+  # Fine-tunes start the modality stream conditioned exactly as the backbone (a zero-initialised
+  # residual switcher, docs/wan.md); the from-scratch 10B geometry keeps the paper's form.
+  config.model.switcher_residual = name in PRETRAINED_PRESETS
   if "smoke" in parse_args(arg):
     apply_smoke(config)
   elif "mini" in parse_args(arg):
