@@ -18,6 +18,7 @@ from unity_jax import constants
 from unity_jax.data import fakes
 from unity_jax.data import precompute
 from unity_jax.data import precomputed
+from unity_jax.data import prompts
 from unity_jax.data import text_encoders
 from unity_jax.data import writer
 from unity_jax.data.schema import RecordError
@@ -116,6 +117,21 @@ def test_stored_arrays_are_the_codec_and_text_encoder_outputs(reference):
   manifest = writer.read_manifest(str(data))
   reference_entry = manifest["precomputed"][os.path.realpath(out)]
   assert reference_entry["data"] == store.manifest["signature"]["data"]
+
+
+def test_truncated_texts_are_counted_in_the_manifest(reference, tmp_path):
+  data, clips, _ = reference
+  # Lengths shorter than most texts, so the counts are not trivially zero.
+  config = make_config(**{"data.caption_len": 12, "data.prompt_len": 24})
+  fake = text_encoders.FakeTextEncoder(config.model.text_dim)
+  captions = sum(bool(fake.truncated([c["caption"]], config.data.caption_len)[0]) for c in clips)
+  prompts_cut = sum(bool(fake.truncated(
+      [prompts.modality_prompt(m, c["segmentation_targets"]) for m in constants.MODALITIES],
+      config.data.prompt_len).any()) for c in clips)
+  assert 0 < captions and 0 < prompts_cut
+  manifest = precompute.run(config, str(data), str(tmp_path / "out"))
+  entry = manifest["splits"]["train"]
+  assert (entry["truncated_captions"], entry["truncated_prompts"]) == (captions, prompts_cut)
 
 
 def test_killed_runs_resume_to_identical_bytes(reference, tmp_path):

@@ -103,7 +103,10 @@ def split_layout(config, num_clips: int, codec) -> dict[str, tuple[tuple, str, A
         "caption_embedding": ((num_clips, d.caption_len, dim), dtype, "NaN"),
         "caption_length": ((num_clips,), "int32", -1),
         "prompt_embedding": ((num_clips, m, d.prompt_len, dim), dtype, "NaN"),
-        "prompt_length": ((num_clips, m), "int32", -1)})
+        "prompt_length": ((num_clips, m), "int32", -1),
+        # Bit 0: the caption was cut to data.caption_len; bit 1: a modality prompt was cut to
+        # data.prompt_len. The manifest counts them, unity-data precompute warns.
+        "text_truncated": ((num_clips,), "uint8", 0)})
   arrays["done"] = ((num_clips,), "uint8", _PENDING)
   return arrays
 
@@ -272,6 +275,9 @@ class Precomputer:
     self._write(split.arrays["caption_length"], index, caption_length[0])
     self._write(split.arrays["prompt_embedding"], index, _storage(prompt, self.dtype))
     self._write(split.arrays["prompt_length"], index, prompt_length)
+    cut = (int(self.text.truncated([clip["caption"]], d.caption_len)[0])
+           | 2 * int(self.text.truncated(texts, d.prompt_len).any()))
+    self._write(split.arrays["text_truncated"], index, np.uint8(cut))
 
   def _write_empty(self) -> dict | None:
     if self.text is None:
@@ -312,7 +318,7 @@ class Precomputer:
              for i in np.flatnonzero(done == _BAD)]
       splits[split.name] = {
           "num_clips": len(split.rows), "written": int((done == _WRITTEN).sum()),
-          "skipped_bad": len(bad), "bad": bad,
+          "skipped_bad": len(bad), "bad": bad, **_truncation_counts(split, done),
           "arrays": {name: {"shape": list(shape), "dtype": dtype}
                      for name, (shape, dtype, _) in split.layout.items()},
           "clips": [[r["id"], r["source"], r["position"]] for r in split.rows]}
@@ -334,6 +340,15 @@ class Precomputer:
           "text_encoder": sig["text_encoder"], "data": sig["data"]}
       writer_lib.atomic_write_json(os.path.join(self.data_dir, writer_lib.MANIFEST_NAME),
                                    manifest)
+
+
+def _truncation_counts(split: _Split, done: np.ndarray) -> dict:
+  """{"truncated_captions": n, "truncated_prompts": m} over the split's written clips."""
+  if "text_truncated" not in split.arrays:
+    return {}
+  flags = np.asarray(split.arrays["text_truncated"].read().result())[done == _WRITTEN]
+  return {"truncated_captions": int((flags & 1).sum()),
+          "truncated_prompts": int(((flags & 2) > 0).sum())}
 
 
 def run(config, data_dir: str, out: str | None = None, *, splits: Sequence[str] | None = None,
@@ -396,7 +411,15 @@ def main(argv: Sequence[str]) -> int:
   if manifest is None:
     summary["manifest"] = "written by the last process to finish"
   else:
-    summary.update({name: {k: entry[k] for k in ("num_clips", "written", "skipped_bad")}
+    keys = ("num_clips", "written", "skipped_bad", "truncated_captions", "truncated_prompts")
+    summary.update({name: {k: entry[k] for k in keys if k in entry}
                     for name, entry in manifest["splits"].items()})
+    for name, entry in manifest["splits"].items():
+      if entry.get("truncated_captions") or entry.get("truncated_prompts"):
+        print(f"unity-data precompute: warning: split {name!r}: "
+              f"{entry['truncated_captions']} captions longer than data.caption_len="
+              f"{config.data.caption_len} and {entry['truncated_prompts']} clips with a modality "
+              f"prompt longer than data.prompt_len={config.data.prompt_len} were cut to fit",
+              file=sys.stderr)
   print(json.dumps(summary))
   return 0

@@ -7,7 +7,9 @@ A hook is any callable
 
 whose row n depends only on texts[n] (never on the other texts of the call, so the stored bytes
 do not depend on how clips were grouped or on the process count). Positions at and beyond
-lengths[n] are zero. `make_text_encoder(config)` picks the hook from config:
+lengths[n] are zero. Hooks also answer `truncated(texts, length) -> bool [N]`: which texts
+`encode` cuts to fit `length`, so callers count and report it (nothing is cut silently).
+`make_text_encoder(config)` picks the hook from config:
 
   config.model.text_encoder == "builtin"  -> None (the DiT's byte-token encoder is trained; nothing
                                              to precompute)
@@ -48,6 +50,9 @@ class FakeTextEncoder:
     embeddings = (self.table[tokens] + 0.1 * position[None]) * mask[..., None]
     return embeddings.astype(np.float32), mask.sum(axis=1).astype(np.int32)
 
+  def truncated(self, texts: Sequence[str], length: int) -> np.ndarray:
+    return text_lib.truncated(list(texts), length)
+
 
 class UMT5TextEncoder:
   """The JAX umT5 encoder (unity_jax.umt5) as Wan conditions on it: `wan_prompt_clean`,
@@ -75,6 +80,11 @@ class UMT5TextEncoder:
     hidden = self.encoder(ids, mask)
     embeddings = np.asarray(self.umt5.wan_text_embeddings(hidden, mask, length), np.float32)
     return embeddings, mask.sum(axis=1).astype(np.int32)
+
+  def truncated(self, texts: Sequence[str], length: int) -> np.ndarray:
+    """bool [N]: texts whose pieces + EOS exceed `length` (the tokenizer keeps L - 1 + EOS)."""
+    return np.asarray([len(self.tokenizer.pieces(self.umt5.wan_prompt_clean(t))) + 1 > length
+                       for t in texts], bool)
 
 
 def make_text_encoder(config) -> TextEncoder | None:
