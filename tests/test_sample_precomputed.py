@@ -74,6 +74,21 @@ def test_pipeline_embeds_prompts_as_precompute_stored_them(store):
   assert out.rgb.shape == (T, H, W, 3) and out.modality.shape == (T, H, W, 3)
 
 
+def test_prompts_longer_than_the_configured_length_warn(tmp_path):
+  from unity_jax.sample import text_embedder  # pylint: disable=g-import-not-at-top
+  config = make_config(tmp_path)
+  config.data.update(caption_len=12, prompt_len=24)
+  embedder = text_embedder.PromptEmbedder(config)
+  with pytest.warns(UserWarning, match=r"longer than data\.caption_len=12"):
+    embedder.captions(["a person in a red coat walks past two boxes"])
+  with pytest.warns(UserWarning, match=r"longer than data\.prompt_len=24"):
+    embedder.prompts("segmentation", ["two persons and an orange"])
+  import warnings  # pylint: disable=g-import-not-at-top
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    embedder.captions(["short"])
+
+
 def test_precomputed_training_needs_no_vae_weights_sampling_does(tmp_path):
   from unity_jax.model import codec as codec_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(os.path.join(REPO, "configs/unity_5b.py:mini"))

@@ -8,6 +8,7 @@ segmentation target in one call ([M, Lm]) — and rounded through the stored dty
 (config.precompute.dtype), so a prompt seen in training gets bit-identical conditioning here.
 """
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +17,13 @@ from unity_jax import constants
 from unity_jax.data import latent_examples
 from unity_jax.data import prompts as prompts_lib
 from unity_jax.data import text_encoders
+
+
+def _warn_if_cut(encode, texts: Sequence[str], length: int, what: str, key: str) -> None:
+  """Warns when the text encoder cuts a text to fit the checkpoint's length (never silent)."""
+  if encode.truncated(texts, length).any():
+    warnings.warn(f"a {what} is longer than {key}={length} tokens and is truncated: "
+                  f"{texts[0][:80]!r}", stacklevel=3)
 
 
 def _mask(lengths: np.ndarray, size: int) -> np.ndarray:
@@ -45,6 +53,7 @@ class PromptEmbedder:
     """B captions -> embedding float32 [B, Lc, D], mask bool [B, Lc]."""
     for text in texts:
       if text not in self._captions:
+        _warn_if_cut(self.encode, [text], self.caption_len, "caption", "data.caption_len")
         embedding, length = self.encode([text], self.caption_len)
         self._captions[text] = (self._stored(embedding[0]), int(length[0]))
     rows = [self._captions[t] for t in texts]
@@ -58,6 +67,8 @@ class PromptEmbedder:
     for target in targets:
       if target not in self._prompts:
         texts = [prompts_lib.modality_prompt(m, target) for m in constants.MODALITIES]
+        _warn_if_cut(self.encode, texts[index:index + 1], self.prompt_len, "modality prompt",
+                     "data.prompt_len")
         embedding, lengths = self.encode(texts, self.prompt_len)
         self._prompts[target] = (self._stored(embedding), np.asarray(lengths))
     rows = [self._prompts[t] for t in targets]
