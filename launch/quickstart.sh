@@ -7,8 +7,9 @@
 # OpenUni set (train + held-out eval split with exact ground truth); train configs/tiny.py through
 # both curriculum stages on it; sample every task x modality and score them on UniBench-synth;
 # write <run>/report.html (videos side by side, loss curves, metrics with baselines, config,
-# fingerprint) and <run>/contact_sheet.png. About 7 minutes on 2 idle AVX-512 CPU cores, 14 on
-# AVX2-only ones (longer when they are shared), most of it training (docs/evaluation.md).
+# fingerprint) and <run>/contact_sheet.png. About 10 minutes on 2 idle AVX-512 CPU cores (measured),
+# about 20 on AVX2-only ones (derived), longer when they are shared; most of it is training
+# (docs/evaluation.md).
 #
 # Re-running reuses what exists: the venv, complete data splits, a finished (or resumes an
 # interrupted) training run. Delete the run directory to train again.
