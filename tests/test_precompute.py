@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+import process_utils
+
 from unity_jax import config as config_lib
 from unity_jax import constants
 from unity_jax.data import fakes
@@ -64,20 +66,13 @@ def tree(root):
 
 def run_cli(data, out, env=None, timeout=120):
   """`unity-data precompute` in a subprocess with 2 CPU devices; returns (rc, stderr)."""
-  args = [sys.executable, "-m", "unity_jax.data.cli", "precompute", "--data", str(data),
+  args = ["unity_jax.data.cli", "precompute", "--data", str(data),
           "--config", os.path.join(REPO, "configs/tiny.py"), "--out", str(out)]
   args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
   full_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
               "JAX_PLATFORMS": "cpu", **(env or {})}
-  process = subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             cwd=REPO)
-  try:
-    _, stderr = process.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    process.kill()
-    process.communicate()
-    raise
-  return process.returncode, stderr.decode()
+  rc, _, stderr = process_utils.run_module(args, timeout=timeout, env=full_env, cwd=REPO)
+  return rc, stderr
 
 
 @pytest.fixture(scope="module")

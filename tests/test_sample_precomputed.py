@@ -9,12 +9,12 @@ docs/launching.md: synth -> precompute -> train (both stages) -> unity-sample ->
 import io
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+
+import process_utils
 
 from unity_jax import config as config_lib
 from unity_jax import constants
@@ -104,15 +104,8 @@ def test_precomputed_training_needs_no_vae_weights_sampling_does(tmp_path):
 
 def _run(args, timeout, env):
   """A command line in a subprocess (killed by its own pid on overrun); returns stdout."""
-  process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-  try:
-    stdout, stderr = process.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    process.kill()
-    process.communicate()
-    raise
-  assert process.returncode == 0, f"{args[:2]} failed:\n{stderr[-4000:]}"
+  rc, stdout, stderr = process_utils.run_module(args, timeout=timeout, env=env, cwd=REPO)
+  assert rc == 0, f"{args[:2]} failed:\n{stderr[-4000:]}"
   return stdout
 
 
